@@ -1,0 +1,63 @@
+# `make test` and `make demo` each set up their own environment in .venv.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export MPLBACKEND := Agg
+export TOKENIZERS_PARALLELISM := false
+export HF_HUB_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export PYTHONWARNINGS := ignore::DeprecationWarning
+
+.PHONY: test demo install export readme check-export check-readme nbtest pytest bench clean
+
+# A CPU build of torch from local disk first, then the project with the pinned CPU set
+# (constraints-cpu.txt); the package's own requirements stay ranges.
+$(STAMP): pyproject.toml constraints-cpu.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $@
+
+install: $(STAMP)
+
+export: $(STAMP)
+	$(BIN)/nbdev-export
+
+readme: $(STAMP)
+	$(PY) tools/make_readme.py nbs/index.ipynb README.md
+
+# Fails when the notebooks export something other than what is committed in subterranean/.
+check-export: $(STAMP)
+	@tmp=$$(mktemp -d); cp -r subterranean $$tmp/before; \
+	$(BIN)/nbdev-export; \
+	if ! diff -r -x __pycache__ $$tmp/before subterranean >$$tmp/diff; then \
+	  cat $$tmp/diff | head -50; \
+	  echo "subterranean/ differs from what nbs/ exports: run nbdev-export and commit both."; exit 1; fi; \
+	echo "subterranean/ is in step with nbs/"
+
+check-readme: $(STAMP)
+	@tmp=$$(mktemp -d); $(PY) tools/make_readme.py nbs/index.ipynb $$tmp/README.md; \
+	if ! diff -q $$tmp/README.md README.md >/dev/null; then diff $$tmp/README.md README.md | head -30; \
+	  echo "README.md is behind nbs/index.ipynb: run make readme and commit it."; exit 1; fi; \
+	echo "README.md is in step with nbs/index.ipynb"
+
+nbtest: $(STAMP)
+	$(BIN)/nbdev-test --n_workers 2 --timing
+
+pytest: $(STAMP)
+	$(BIN)/pytest -q tests
+
+test: check-export check-readme nbtest pytest
+
+# Compiles workflows/travel_booking.yaml on the CPU (offline teacher, tiny model) and prints the report.
+demo: $(STAMP)
+	$(BIN)/subterranean compile workflows/travel_booking.yaml --out runs/travel_booking
+
+bench: $(STAMP)
+	for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs _proc _docs

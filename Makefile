@@ -45,7 +45,7 @@ check-readme: $(STAMP)
 	echo "README.md is in step with nbs/index.ipynb"
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev-test --n_workers 2 --timing
+	$(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: $(STAMP)
 	$(BIN)/pytest -q tests

@@ -281,8 +281,9 @@ def report_markdown(results:dict) -> str:
            "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     out += [f"| {label} | " + " | ".join(_f(S[n], k) for n in names) + " |" for label, k in rows]
     ref = results["reference"]
-    out += ["", f"Ratios to **{ref}**: " + "; ".join(f"{n}: cost x{r['cost']:.3g}, latency x{r['latency']:.3g}, prompt tokens/turn x{r['prompt_tokens_per_turn']:.3g}"
-                                                 for n, r in results["ratios"].items() if n != ref)]
+    ratios = [f"{n}: cost x{r['cost']:.3g}, latency x{r['latency']:.3g}, prompt tokens/turn x{r['prompt_tokens_per_turn']:.3g}"
+              for n, r in results["ratios"].items() if n != ref]
+    if ratios: out += ["", f"Ratios to **{ref}**: " + "; ".join(ratios)]
     if results["comparisons"]:
         out += ["", "| condition | metric | diff vs " + ref + " | Cohen's d | Wilcoxon p | Holm p | Mann-Whitney p |", "|---|---|---|---|---|---|---|"]
         out += [f"| {c['condition']} | {c['metric']} | {c['diff']:+.2f} | {c['cohens_d']:.2f} | {c['wilcoxon_p']:.3g} | {c['wilcoxon_p_holm']:.3g} | {c['mann_whitney_p']:.3g} |"

@@ -120,7 +120,7 @@ def _walk(G, start, ends, cap, rng):
 
 def _edge_paths(G, start, ends, cap):
     "For each edge u->v, the shortest start..u->v..end path, when it visits no node more than `cap` times."
-    to_end = nx.multi_source_dijkstra_path(G.reverse(copy=False), ends) if ends else {}
+    to_end = nx.multi_source_dijkstra_path(G.reverse(copy=False), [n for n in G if n in ends]) if ends else {}  # a list in node order: ties break the same way in every process
     from_start = nx.single_source_shortest_path(G, start)
     out = []
     for u, v in G.edges:

@@ -259,7 +259,7 @@ def peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MiB."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=None):
+def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=None, progress:bool=True):
     "Fine-tune on pre-tokenised rows with TRL's SFTTrainer (no re-tokenising, labels padded with -100); the trainer."
     import torch
     from transformers import DataCollatorForSeq2Seq
@@ -270,9 +270,9 @@ def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=
                      learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=cfg.warmup_ratio,
                      per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=2*cfg.batch_size,
                      gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, optim=cfg.optim,
-                     logging_steps=max(1, cfg.eval_steps//5), eval_strategy="steps" if ev else "no", eval_steps=cfg.eval_steps,
+                     logging_steps=min(10, max(1, cfg.eval_steps//5)), eval_strategy="steps" if ev else "no", eval_steps=cfg.eval_steps,
                      save_strategy="steps", save_steps=cfg.eval_steps, save_total_limit=1, load_best_model_at_end=ev,
-                     metric_for_best_model="eval_loss", greater_is_better=False, report_to=[], disable_tqdm=True,
+                     metric_for_best_model="eval_loss", greater_is_better=False, report_to=[], disable_tqdm=not progress,
                      bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), use_cpu=not torch.cuda.is_available(),
                      dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
                      packing=False, dataloader_num_workers=0, train_sampling_strategy="group_by_length")
@@ -324,7 +324,8 @@ TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100,
 def compile_model(train_ds, # conversations (a `messages` column), e.g. from `generate_conversations`
                   config:CompileConfig=None, # what to train and how
                   eval_ds=None, # held-out conversations: eval loss every `eval_steps`, best checkpoint kept
-                  G:nx.DiGraph=None # the workflow (else taken from the dataset's `workflow` column)
+                  G:nx.DiGraph=None, # the workflow (else taken from the dataset's `workflow` column)
+                  progress:bool=True # show the trainer's progress bar
                  ) -> dict:
     "Compile the procedure in `train_ds` into a model's weights; a dict of output_dir and metrics."
     import shutil
@@ -343,14 +344,15 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     tr_tok, stats = prepare_dataset(train_ds, tok, cfg.max_seq_length)
     ev_tok = prepare_dataset(eval_ds, tok, cfg.max_seq_length)[0] if eval_ds is not None and len(eval_ds) else None
     t1 = time.time()
-    trainer = train(model, tok, tr_tok, ev_tok, cfg, out)
+    trainer = train(model, tok, tr_tok, ev_tok, cfg, out, progress)
     t2 = time.time()
     model = trainer.model
     _save_forms(model, tok, cfg, out, backend)
     shutil.rmtree(out/"checkpoints", ignore_errors=True)
     cfg.save(out)
     logs = trainer.state.log_history
-    draw_loss(logs, out/"loss.png")
+    import matplotlib.pyplot as plt
+    plt.close(draw_loss(logs, out/"loss.png"))   # saved, not shown twice in a notebook
     evl = [h["eval_loss"] for h in logs if "eval_loss" in h]
     trl_ = [h["loss"] for h in logs if "loss" in h]
     m = dict(output_dir=str(out), backend=backend, **stats, steps=trainer.state.global_step,
@@ -364,8 +366,10 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
 # %% ../nbs/03_train.ipynb #7c13e6ed
 def load_compiled(d) -> tuple:
     "(model, tokenizer) from a compile output: a tiny/full/merged model dir or a PEFT adapter dir (base from adapter_config.json)."
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     d = Path(d)
+    kw = dict(device_map="auto") if torch.cuda.is_available() else {}   # on a GPU the model goes there
     if not d.is_dir(): raise CompileError(f"{d}: no such directory")
     if list(d.glob("*.gguf")) or d.suffix == ".gguf":
         raise CompileError(f"{d}: GGUF is for llama.cpp / Ollama (e.g. `llama-server -m FILE.gguf` or an Ollama Modelfile "
@@ -373,8 +377,8 @@ def load_compiled(d) -> tuple:
     if (d/"adapter_config.json").exists():
         from peft import PeftModel
         base = json.loads((d/"adapter_config.json").read_text()).get("base_model_name_or_path")
-        model = PeftModel.from_pretrained(_from_pretrained(AutoModelForCausalLM, base), d)
-    elif (d/"config.json").exists(): model = _from_pretrained(AutoModelForCausalLM, str(d))
+        model = PeftModel.from_pretrained(_from_pretrained(AutoModelForCausalLM, base, **kw), d)
+    elif (d/"config.json").exists(): model = _from_pretrained(AutoModelForCausalLM, str(d), **kw)
     else: raise CompileError(f"{d}: neither a model (config.json) nor an adapter (adapter_config.json)")
     tok = _from_pretrained(AutoTokenizer, str(d))
     return model.eval(), tok

@@ -359,7 +359,8 @@ def turn_nodes(G:nx.DiGraph, path:list) -> list:
 
 def workflow_hash(G:nx.DiGraph) -> str:
     "A short stable hash (12 hex digits) of the workflow's content; the source path does not count."
-    s = json.dumps(workflow_dict(G), sort_keys=True, default=str, ensure_ascii=False)
+    d = workflow_dict(G); d.setdefault("format", 1)   # a graph built in memory hashes as its saved file does
+    s = json.dumps(d, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(s.encode()).hexdigest()[:12]
 
 # %% ../nbs/00_workflow.ipynb #3e7ef147

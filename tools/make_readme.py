@@ -6,6 +6,7 @@ from nbconvert import MarkdownExporter
 
 def main(src, dst):
     nb = nbformat.read(src, as_version=4)
+    nb.metadata.setdefault('language_info', {'name': 'python'})   # nbdev-clean drops it; code fences need it
     cells = []
     for c in nb.cells:
         lines = c.source.splitlines()

@@ -182,7 +182,7 @@ def test_generate_interrupted_then_resumed(tmp_path):
     "Ctrl-C keeps the finished conversations, and the same command reuses every one of them."
     d = tmp_path/"gen"
     args = ["generate", TRAVEL, "--out", d, "-n", 12, "--concurrency", 2, "--model", "fake"]
-    with FakeChatServer(delay=0.02) as srv:
+    with FakeChatServer(delay=0.2) as srv:   # slow enough that Ctrl-C lands mid-run
         proc = subprocess.Popen([sys.executable, "-m", "subterranean.cli", *map(str, args), "--base-url", srv.url], cwd=ROOT,
                                 env=_env(PYTHONHASHSEED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         cache, t0 = d/"conversations.jsonl", time.time()

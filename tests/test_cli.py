@@ -178,13 +178,18 @@ def test_compile_networkx_workflow(tmp_path):
 
 # ---- generation through an endpoint: Ctrl-C, then the same command resumes from the cache ---------------------
 
+def _ctrl_c_on():
+    "In the child: SIGINT back to its default, so that Python turns it into KeyboardInterrupt as at a terminal."
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 def test_generate_interrupted_then_resumed(tmp_path):
     "Ctrl-C keeps the finished conversations, and the same command reuses every one of them."
     d = tmp_path/"gen"
     args = ["generate", TRAVEL, "--out", d, "-n", 12, "--concurrency", 2, "--model", "fake"]
     with FakeChatServer(delay=0.2) as srv:   # slow enough that Ctrl-C lands mid-run
         proc = subprocess.Popen([sys.executable, "-m", "subterranean.cli", *map(str, args), "--base-url", srv.url], cwd=ROOT,
-                                env=_env(PYTHONHASHSEED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                env=_env(PYTHONHASHSEED="1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                preexec_fn=_ctrl_c_on)   # a job started in the background inherits SIGINT ignored
         cache, t0 = d/"conversations.jsonl", time.time()
         while time.time() - t0 < 120 and proc.poll() is None and not (cache.exists() and len(cache.read_text().splitlines()) >= 2):
             time.sleep(0.05)

@@ -634,6 +634,11 @@ def _eval_args(p, flags=("--eval-n",)):
 
 def _quiet(p): p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or training logs (stage lines only)")
 
+def _model_args(p):
+    "MODEL_DIR and --workflow, shared by `chat` and `evaluate`."
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a compile run directory or a model directory")
+    p.add_argument("--workflow", metavar="FILE", help="the workflow (default: workflow.yaml of the run directory)")
+
 # %% ../nbs/06_cli.ipynb #c5bf46f0
 def build_parser() -> argparse.ArgumentParser:
     "The `subterranean` argument parser; each subcommand sets `func` to its `cmd_*` function."
@@ -678,8 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Chat with a compiled model: type a line, read the reply. Reads standard input line by line, so a pipe works too. "
              "/reset starts a new conversation; /quit, an empty line at the prompt or end of input ends.",
              "subterranean chat runs/travel\nprintf 'Hi!\\nTokyo in May, 2 of us\\n' | subterranean chat runs/travel")
-    c.add_argument("model_dir", metavar="MODEL_DIR", help="a compile run directory or a model directory")
-    c.add_argument("--workflow", metavar="FILE", help="the workflow (default: workflow.yaml of the run directory)")
+    _model_args(c)
     c.add_argument("--mode", choices=("compiled", "in-context", "base"), default="compiled", help="which system prompt the model gets")
     c.add_argument("--max-new-tokens", type=int, default=200)
     c.set_defaults(func=cmd_chat)
@@ -687,8 +691,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Simulate users on held-out scenarios against the compiled model: path adherence per turn, right end reached, "
              "tokens and latency; with an endpoint also an LLM judge's five rubric scores. Writes report.md and report.json.",
              "subterranean evaluate runs/travel -n 20\nsubterranean evaluate runs/travel/model --workflow workflows/travel_booking.yaml --out eval")
-    e.add_argument("model_dir", metavar="MODEL_DIR", help="a compile run directory or a model directory")
-    e.add_argument("--workflow", metavar="FILE", help="the workflow (default: workflow.yaml of the run directory)")
+    _model_args(e)
     e.add_argument("--data", metavar="DIR", help="the data the model was trained on (its eval split comes first)")
     e.add_argument("--out", metavar="DIR", help="where the report goes (default: MODEL_DIR/eval)")
     e.add_argument("--seed", type=int, default=0)

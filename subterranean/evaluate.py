@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import networkx as nx
 from .workflow import turn_nodes
-from .generate import turn_plan, match_node, run_sync, TemplateTeacher
+from .generate import turn_plan, match_node, run_sync, TemplateTeacher, _prices
 from .chat import Agent, scripted_user
 
 # %% auto #0
@@ -78,16 +78,11 @@ def adherence(conversation, # dict with `messages`, or a list of messages
                 right_end=bool(actual) and bool(expected) and actual[-1] == expected[-1], expected=expected, actual=actual)
 
 # %% ../nbs/05_evaluate.ipynb #8065cfd3
-def _pr(p):
-    if p is None: return (0.0, 0.0)
-    if isinstance(p, dict): return (float(p.get("prompt", 0)), float(p.get("completion", 0)))
-    return (float(p[0]), float(p[1]))
-
 def conversation_cost(turns:list, # per-turn records with prompt_tokens, completion_tokens, latency
                       prices=None # (prompt, completion) dollars per million tokens
                      ) -> dict:
     "Tokens, dollars and latency of one conversation."
-    p, c = _pr(prices)
+    p, c = _prices(prices)
     pt, ct = sum(t["prompt_tokens"] for t in turns), sum(t["completion_tokens"] for t in turns)
     return dict(prompt_tokens=pt, completion_tokens=ct, usd=(pt * p + ct * c) / 1e6, latency=sum(t["latency"] for t in turns),
                 latency_per_turn=sum(t["latency"] for t in turns) / max(len(turns), 1), prompt_tokens_per_turn=pt / max(len(turns), 1))

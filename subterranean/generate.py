@@ -8,6 +8,7 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/generate.html.md""
 from __future__ import annotations
 import asyncio, json, math, os, random, re, statistics, threading, time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 import networkx as nx
 from .workflow import fill, turn_nodes, workflow_hash, DEFAULT_OPENERS
@@ -16,8 +17,8 @@ from .workflow import fill, turn_nodes, workflow_hash, DEFAULT_OPENERS
 __all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'run_sync', 'TeacherError', 'FatalTeacherError',
            'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt', 'clean_turn', 'check_turn',
            'similarity', 'match_node', 'BudgetStop', 'converse', 'cache_key', 'load_cache', 'append_cache',
-           'agenerate_conversations', 'run_info', 'generate_conversations', 'split_conversations', 'generation_summary',
-           'render_conversation', 'draw_coverage']
+           'agenerate_conversations', 'run_info', 'generate_conversations', 'GenerateConfig', 'split_conversations',
+           'generation_summary', 'render_conversation', 'draw_coverage']
 
 # %% ../nbs/02_generate.ipynb #93a676ff
 def run_sync(coro):
@@ -497,6 +498,25 @@ def generate_conversations(G:nx.DiGraph, # the workflow
                           ):
     "Generate up to `n` conversations along the workflow's paths; a `datasets.Dataset` in scenario order."
     return run_sync(agenerate_conversations(G, n, teacher, user, seed, concurrency, cache, budget_tokens, budget_usd, prices, progress, **kw))
+
+# %% ../nbs/02_generate.ipynb #4f19d247
+@dataclass
+class GenerateConfig:
+    "How the conversations of a compile are made: how many, from which scenarios, and what the teacher may spend."
+    n: int = field(default=300, metadata={"help": "conversations to generate"})
+    seed: int = field(default=0, metadata={"help": "scenario seed (same seed, same scenarios)"})
+    concurrency: int = field(default=8, metadata={"help": "conversations in flight (endpoint teachers)"})
+    max_loops: int = field(default=1, metadata={"help": "a path may visit a node up to max_loops+1 times"})
+    eval_frac: float = field(default=0.1, metadata={"help": "share of conversations held out (by path) for evaluation"})
+    budget_tokens: int = field(default=None, metadata={"help": "stop generating before the teacher's tokens pass this"})
+    budget_usd: float = field(default=None, metadata={"help": "stop before the spend passes this many dollars (needs prices)"})
+    prices: tuple = field(default=None, metadata={"help": "teacher prices: prompt,completion dollars per million tokens"})
+
+    def __post_init__(self):
+        if self.budget_usd is not None and self.prices is None:
+            raise ValueError("GenerateConfig: budget_usd needs prices=(prompt, completion) dollars per million tokens "
+                             "(--prices P,C on the command line, e.g. 0.15,0.6)")
+        if self.prices is not None: self.prices = _prices(self.prices)
 
 # %% ../nbs/02_generate.ipynb #b1a9ecc5
 def split_conversations(ds, # a dataset from `generate_conversations`

@@ -10,11 +10,12 @@ import heapq, random
 from collections import Counter
 from itertools import islice
 import networkx as nx
-from .workflow import WorkflowError
+from .workflow import WorkflowError, TYPES, OUTCOMES, decision_hubs
 
 # %% auto #0
 __all__ = ['acyclic_paths', 'count_paths', 'sample_slot', 'sample_slots', 'path_items', 'candidate_paths', 'greedy_cover',
-           'sample_scenarios', 'coverage', 'draw_scenarios']
+           'sample_scenarios', 'coverage', 'draw_scenarios', 'workflow_summary', 'paths_by_outcome', 'row_scenario',
+           'heldout_scenarios']
 
 # %% ../nbs/01_paths.ipynb #13103eac
 def _ends(G):
@@ -229,3 +230,51 @@ def draw_scenarios(G:nx.DiGraph, scenarios:list, path=None):
     if path: fig.savefig(path, dpi=90)
     plt.close(fig)
     return fig
+
+# %% ../nbs/01_paths.ipynb #3612c80b
+def workflow_summary(G:nx.DiGraph) -> dict:
+    "Counts of a workflow: nodes, edges, nodes by type, decision hubs, end nodes by outcome, acyclic paths."
+    types = {t: sum(1 for _, d in G.nodes(data=True) if d.get("type") == t) for t in TYPES}
+    ends = {o: sum(1 for _, d in G.nodes(data=True) if d.get("type") == "end" and d.get("outcome") == o) for o in OUTCOMES}
+    return dict(name=G.graph.get("name"), nodes=G.number_of_nodes(), edges=G.number_of_edges(), types=types,
+                hubs=decision_hubs(G), ends=ends, slots=len(G.graph.get("slots") or {}),
+                knowledge=len(G.graph.get("knowledge") or []), paths=count_paths(G) if G.graph.get("start") in G else 0)
+
+# %% ../nbs/01_paths.ipynb #522b46ce
+def paths_by_outcome(G:nx.DiGraph, # the workflow
+                     max_loops:int=0 # each node at most max_loops+1 times on a path
+                    ) -> dict:
+    "outcome -> the number of start-to-end paths ending in it, counted without listing them."
+    ends = {n: d.get("outcome") for n, d in G.nodes(data=True) if d.get("type") == "end"}
+    out = {}
+    for o in sorted(set(ends.values()), key=lambda o: OUTCOMES.index(o) if o in OUTCOMES else len(OUTCOMES)):
+        H = G.copy()
+        for n, other in ends.items():
+            if other != o: H.nodes[n]["type"] = "closed"
+        out[o] = count_paths(H, max_loops)
+    return out
+
+# %% ../nbs/01_paths.ipynb #4ce2b2dc
+def row_scenario(row:dict) -> dict:
+    "The scenario (id, path, slots, persona, seed) of a conversation row of a generated dataset."
+    import json
+    s = row["scenario"]
+    slots = json.loads(s["slots"]) if isinstance(s.get("slots"), str) else dict(s.get("slots") or {})
+    return dict(id=s.get("id", ""), path=list(row["path"]), slots=slots, persona=s.get("persona"), seed=int(s.get("seed", 0)))
+
+# %% ../nbs/01_paths.ipynb #cd9174c3
+def heldout_scenarios(G:nx.DiGraph, # the workflow
+                      n:int, # how many
+                      data=None, # the train/eval `DatasetDict` the model was trained on, if known
+                      seed:int=0 # the seed the data was generated with
+                     ) -> list:
+    "`n` scenarios the model did not train on: the eval split's first, then fresh ones absent from the train split."
+    out, seen = [], set()
+    if data is not None:
+        seen = {(tuple(p), int(s["seed"])) for p, s in zip(data["train"]["path"], data["train"]["scenario"])}
+        out = [row_scenario(r) for r in data["eval"]]
+    out = out[:n]
+    if len(out) < n:
+        fresh = sample_scenarios(G, n, seed=seed + 7919)
+        out += [dict(s, id=f"h{k:04d}") for k, s in enumerate(fresh) if (tuple(s["path"]), s["seed"]) not in seen][:n - len(out)]
+    return out

@@ -7,8 +7,9 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/train.html.md"""
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'CHATML', 'SPECIALS', 'TINY_DEFAULTS', 'CompileError', 'CompileConfig', 'check_output_dir',
            'assistant_spans', 'tokenize_conversation', 'supervised_text', 'check_masking', 'prepare_dataset',
-           'train_tokenizer', 'build_tiny_model', 'load_hf', 'load_unsloth', 'peak_rss_mb', 'train', 'draw_loss',
-           'compile_model', 'load_compiled', 'generate_replies', 'node_adherence']
+           'train_tokenizer', 'build_tiny_model', 'mixed_precision', 'load_error', 'load_hf', 'load_unsloth',
+           'loss_bar', 'peak_rss_mb', 'train', 'draw_loss', 'place_gguf', 'compile_model', 'base_16bit',
+           'load_compiled', 'generate_replies', 'node_adherence']
 
 # %% ../nbs/03_train.ipynb #813eb6b9
 import json, os, time, math, resource, warnings, dataclasses
@@ -26,32 +27,36 @@ CONFIG_FILE = "subterranean_config.json"
 @dataclass
 class CompileConfig:
     "Everything a compile needs; saved as `subterranean_config.json` beside the model."
-    base_model: str = "unsloth/Qwen2.5-3B-Instruct"   # HF id or local dir (ignored by the tiny backend)
-    backend: str = "auto"            # auto | unsloth | hf | tiny (auto: unsloth with CUDA, tiny on CPU)
-    load_in_4bit: bool = True        # QLoRA: 4-bit NF4 base weights (unsloth, hf via bitsandbytes)
-    full_finetune: bool = False      # train every weight instead of LoRA adapters (the paper's recipe)
-    lora_r: int = 64
-    lora_alpha: int = 64
-    lora_dropout: float = 0.0
-    target_modules: object = "all-linear"   # "all-linear" or a list of module names
-    use_rslora: bool = False
-    epochs: float = 3
-    learning_rate: float = 2e-4
-    lr_scheduler: str = "cosine"
-    warmup_ratio: float = 0.05
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_seq_length: int = 2048
-    packing: bool = False
-    seed: int = 0
-    eval_steps: int = 50             # evaluate every N steps; the best checkpoint by eval loss is kept
-    optim: str = "adamw_torch"       # e.g. adamw_8bit on a GPU
-    output_dir: str = "compiled"
-    save_as: tuple = ("adapter",)    # adapter | merged | gguf (what is written besides the trained model)
-    tiny_layers: int = 4             # tiny backend: model and tokenizer size
-    tiny_hidden: int = 256
-    tiny_vocab: int = 2048
-    workflow: dict = None            # {name, hash}: set by compile_model from the data
+    base_model: str = field(default="unsloth/Qwen2.5-3B-Instruct", metadata={
+        "help": "HF model id or local dir to start from (hf and unsloth backends; the tiny backend builds its own)"})
+    backend: str = field(default="auto", metadata={"choices": ("auto", "unsloth", "hf", "tiny"),
+        "help": "auto: unsloth on a CUDA GPU, tiny on a CPU; hf: transformers + PEFT anywhere"})
+    load_in_4bit: bool = field(default=True, metadata={"help": "QLoRA: 4-bit NF4 base weights (unsloth; hf via bitsandbytes)"})
+    full_finetune: bool = field(default=False, metadata={"help": "train every weight instead of LoRA adapters (the paper's recipe)"})
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scale numerator (alpha/r, or alpha/sqrt(r) with use_rslora)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
+    target_modules: object = field(default="all-linear", metadata={"help": "\"all-linear\" or a list of module names"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA scaling (helps high ranks)"})
+    epochs: float = field(default=3, metadata={"help": "passes over the training conversations"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name: cosine, linear, constant, ..."})
+    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the steps spent warming the learning rate up"})
+    batch_size: int = field(default=8, metadata={"help": "conversations per optimiser step and device (before grad_accum)"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    max_seq_length: int = field(default=2048, metadata={"help": "longest conversation in tokens (longer ones are dropped, counted)"})
+    packing: bool = field(default=False, metadata={"help": "pack several conversations into one sequence"})
+    seed: int = field(default=0, metadata={"help": "training seed"})
+    eval_steps: int = field(default=50, metadata={"help": "evaluate every N steps; the best checkpoint by eval loss is kept"})
+    optim: str = field(default="adamw_torch", metadata={"help": "optimiser, e.g. adamw_8bit on a GPU"})
+    output_dir: str = field(default="compiled", metadata={"help": "where the compiled model is written"})
+    save_as: tuple = field(default=("adapter",), metadata={"choices": ("adapter", "merged", "gguf"),
+        "help": "forms written besides the trained model: adapter, merged (16-bit), gguf (unsloth only: "
+                "builds llama.cpp, needs internet)"})
+    tiny_layers: int = field(default=4, metadata={"help": "tiny backend: transformer layers"})
+    tiny_hidden: int = field(default=256, metadata={"help": "tiny backend: hidden width"})
+    tiny_vocab: int = field(default=2048, metadata={"help": "tiny backend: tokenizer vocabulary size"})
+    workflow: dict = field(default=None, metadata={"help": "{name, hash} of the workflow: set by compile_model from the data"})
 
     def resolved_backend(self) -> str:
         "The backend `auto` stands for here: unsloth with CUDA, tiny on CPU."
@@ -208,12 +213,31 @@ def build_tiny_model(ds, out_dir=None, layers:int=4, hidden:int=256, vocab_size:
     if out_dir: model.save_pretrained(out_dir); tok.save_pretrained(out_dir)
     return model, tok
 
+# %% ../nbs/03_train.ipynb #e1843193
+def mixed_precision(capability:tuple=None) -> str|None:
+    "'bf16' or 'fp16' for a CUDA device of compute `capability` (default: this one's), None on a CPU."
+    if capability is None:
+        import torch
+        if not torch.cuda.is_available(): return None
+        capability = torch.cuda.get_device_capability()
+    return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+
+# %% ../nbs/03_train.ipynb #f4ff1d50
+def load_error(e:BaseException, name:str) -> CompileError|None:
+    "A one-line `CompileError` when loading base model `name` failed for want of the model (an OSError or ValueError in `e`'s chain), else None."
+    while e is not None and not isinstance(e, (OSError, ValueError)): e = e.__cause__ or e.__context__
+    if e is None: return None
+    off = " (HF_HUB_OFFLINE is set: only local dirs and cached models work)" if os.environ.get("HF_HUB_OFFLINE") else ""
+    return CompileError(f"base model {name!r} not found or unreachable{off}: {str(e).splitlines()[0][:200]}")
+
 # %% ../nbs/03_train.ipynb #53838e6f
+_HALF = {"bf16": "bfloat16", "fp16": "float16"}
+
 def _from_pretrained(cls, name, **kw):
     try: return cls.from_pretrained(name, **kw)
-    except (OSError, ValueError) as e:
-        off = " (HF_HUB_OFFLINE is set: only local dirs and cached models work)" if os.environ.get("HF_HUB_OFFLINE") else ""
-        raise CompileError(f"base model {name!r} not found or unreachable{off}: {str(e).splitlines()[0][:200]}") from None
+    except ImportError as e:                            # e.g. a 4-bit checkpoint without bitsandbytes
+        raise CompileError(f"base model {name!r} needs a package that is not installed: {str(e).splitlines()[0][:200]}") from None
+    except (OSError, ValueError) as e: raise load_error(e, name) from None
 
 def load_hf(cfg:CompileConfig):
     "Base model + tokenizer through transformers: 4-bit NF4 (bitsandbytes) if `load_in_4bit`, then LoRA unless full fine-tuning."
@@ -224,7 +248,7 @@ def load_hf(cfg:CompileConfig):
     kw = {}
     if cfg.load_in_4bit and not cfg.full_finetune:
         kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                                       bnb_4bit_compute_dtype=torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+                                                       bnb_4bit_compute_dtype=_HALF.get(mixed_precision(), torch.float32))
     model = _from_pretrained(AutoModelForCausalLM, cfg.base_model, **kw)
     if kw: model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if not cfg.full_finetune:
@@ -242,7 +266,10 @@ def load_unsloth(cfg:CompileConfig):
         model, tok = FastLanguageModel.from_pretrained(model_name=cfg.base_model, max_seq_length=cfg.max_seq_length, dtype=None,
                                                        load_in_4bit=cfg.load_in_4bit and not cfg.full_finetune,
                                                        full_finetuning=cfg.full_finetune)
-    except OSError as e: raise CompileError(f"base model {cfg.base_model!r} not found or unreachable: {str(e).splitlines()[0][:200]}") from None
+    except (OSError, RuntimeError) as e:
+        err = load_error(e, cfg.base_model)
+        if err is None: raise
+        raise err from None
     if not getattr(tok, "chat_template", None):
         from unsloth.chat_templates import get_chat_template
         tok = get_chat_template(tok, chat_template="chatml")
@@ -254,6 +281,23 @@ def load_unsloth(cfg:CompileConfig):
                                                  random_state=cfg.seed, use_rslora=cfg.use_rslora)
     return model, tok
 
+# %% ../nbs/03_train.ipynb #e8b7f9f5
+def loss_bar(desc:str="train"):
+    "A `TrainerCallback` that shows one tqdm bar over the optimiser steps, with the latest train and eval loss on it."
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+    class LossBar(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc, unit="step", dynamic_ncols=True)
+            self.shown = {}
+        def on_step_end(self, args, state, control, **kw): self.bar.update(state.global_step - self.bar.n)
+        def on_log(self, args, state, control, logs=None, **kw):
+            for k, name in (("loss", "loss"), ("eval_loss", "eval")):
+                if k in (logs or {}): self.shown[name] = f"{float(logs[k]):.3f}"
+            self.bar.set_postfix(self.shown, refresh=False)
+        def on_train_end(self, args, state, control, **kw): self.bar.close()
+    return LossBar()
+
 # %% ../nbs/03_train.ipynb #29c146e5
 def peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MiB."
@@ -262,7 +306,7 @@ def peak_rss_mb() -> float:
 def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=None, progress:bool=True):
     "Fine-tune on pre-tokenised rows with TRL's SFTTrainer (no re-tokenising, labels padded with -100); the trainer."
     import torch
-    from transformers import DataCollatorForSeq2Seq
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback
     from trl import SFTConfig, SFTTrainer
     cfg = cfg or CompileConfig()
     ev = eval_tok is not None and len(eval_tok) > 0
@@ -272,13 +316,14 @@ def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=
                      gradient_accumulation_steps=cfg.grad_accum, seed=cfg.seed, optim=cfg.optim,
                      logging_steps=min(10, max(1, cfg.eval_steps//5)), eval_strategy="steps" if ev else "no", eval_steps=cfg.eval_steps,
                      save_strategy="steps", save_steps=cfg.eval_steps, save_total_limit=1, load_best_model_at_end=ev,
-                     metric_for_best_model="eval_loss", greater_is_better=False, report_to=[], disable_tqdm=not progress,
-                     bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), use_cpu=not torch.cuda.is_available(),
+                     metric_for_best_model="eval_loss", greater_is_better=False, report_to=[], disable_tqdm=True,
+                     bf16=mixed_precision() == "bf16", fp16=mixed_precision() == "fp16", use_cpu=not torch.cuda.is_available(),
                      dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
                      packing=False, dataloader_num_workers=0, train_sampling_strategy="group_by_length")
     coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
     tr = SFTTrainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok if ev else None,
-                    processing_class=tok, data_collator=coll)
+                    processing_class=tok, data_collator=coll, callbacks=[loss_bar()] if progress else None)
+    tr.remove_callback(PrinterCallback)                 # the log dicts go to `log_history`, not the terminal
     tr.train()
     return tr
 
@@ -294,6 +339,23 @@ def draw_loss(log_history:list, path=None):
     ax.set_title("training loss (assistant tokens only)"); fig.tight_layout()
     if path: fig.savefig(path, dpi=80)
     return fig
+
+# %% ../nbs/03_train.ipynb #5bab2fd3
+def place_gguf(result:dict, # what Unsloth's `save_pretrained_gguf` returned: gguf_files, modelfile_location, save_directory, gguf_directory
+               dest # the folder the files belong in
+              ) -> list:
+    "Move the GGUF files (and Ollama Modelfile) an Unsloth export wrote into `dest`, remove its build folders; the GGUF paths."
+    import shutil
+    dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
+    files = [Path(f) for f in (result or {}).get("gguf_files") or [] if Path(f).exists()]
+    if not files: raise CompileError(f"the GGUF export wrote no .gguf file (Unsloth returned {result!r}); save 'merged' "
+                                     "and convert it with llama.cpp's convert_hf_to_gguf.py")
+    extra = [Path(result["modelfile_location"])] if result.get("modelfile_location") else []
+    for f in files + [f for f in extra if f.exists()]:
+        if f.parent.resolve() != dest.resolve(): shutil.move(str(f), dest/f.name)
+    for k in ("save_directory", "gguf_directory"):
+        if result.get(k) and Path(result[k]).resolve() != dest.resolve(): shutil.rmtree(result[k], ignore_errors=True)
+    return [dest/f.name for f in files]
 
 # %% ../nbs/03_train.ipynb #b74b5996
 def _workflow_of(ds, G=None) -> dict:
@@ -316,7 +378,8 @@ def _save_forms(model, tok, cfg, out, backend):
             base = _from_pretrained(AutoModelForCausalLM, cfg.base_model)
             PeftModel.from_pretrained(base, out).merge_and_unload().save_pretrained(out/"merged")
             tok.save_pretrained(out/"merged")
-    if "gguf" in cfg.save_as: model.save_pretrained_gguf(str(out/"gguf"), tok, quantization_method="q4_k_m")
+    if "gguf" in cfg.save_as:       # Unsloth writes a 16-bit merge in the folder it is given, the .gguf files beside it
+        place_gguf(model.save_pretrained_gguf(str(out/"gguf_build"), tok, quantization_method="q4_k_m"), out/"gguf")
 
 TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=1024, tiny_hidden=128, tiny_layers=3)
 "Tuned settings for the tiny backend: 300 travel_booking conversations compile in about 3 minutes on 2 CPU cores."
@@ -364,22 +427,40 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     return m
 
 # %% ../nbs/03_train.ipynb #7c13e6ed
+def base_16bit(name:str) -> str:
+    "The 16-bit model an Unsloth pre-quantised checkpoint was made from: `unsloth/X-bnb-4bit`, `unsloth/X-unsloth-bnb-4bit` -> `unsloth/X`."
+    import re
+    return re.sub(r"(-unsloth)?-bnb-4bit$", "", name)
+
+def _load_unsloth_compiled(d):
+    "A compiled model through Unsloth (when it is loaded: its patches replace the model family's forwards), ready for inference."
+    from unsloth import FastLanguageModel
+    cfg = CompileConfig.load(d) if (d/CONFIG_FILE).exists() else CompileConfig(load_in_4bit=False)
+    model, tok = FastLanguageModel.from_pretrained(model_name=str(d), max_seq_length=cfg.max_seq_length,
+                                                   load_in_4bit=cfg.load_in_4bit and not cfg.full_finetune)
+    FastLanguageModel.for_inference(model)
+    return model, tok
+
 def load_compiled(d) -> tuple:
     "(model, tokenizer) from a compile output: a tiny/full/merged model dir or a PEFT adapter dir (base from adapter_config.json)."
-    import torch
+    import importlib.util, sys, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     d = Path(d)
-    kw = dict(device_map="auto") if torch.cuda.is_available() else {}   # on a GPU the model goes there
     if not d.is_dir(): raise CompileError(f"{d}: no such directory")
     if list(d.glob("*.gguf")) or d.suffix == ".gguf":
         raise CompileError(f"{d}: GGUF is for llama.cpp / Ollama (e.g. `llama-server -m FILE.gguf` or an Ollama Modelfile "
                            "`FROM ./FILE.gguf`), not transformers; load the adapter or merged dir instead")
+    if not ((d/"adapter_config.json").exists() or (d/"config.json").exists()):
+        raise CompileError(f"{d}: neither a model (config.json) nor an adapter (adapter_config.json)")
+    cuda = torch.cuda.is_available()
+    if "unsloth" in sys.modules and cuda: return _load_unsloth_compiled(d)
+    kw = dict(device_map="auto") if cuda else {}   # on a GPU the model goes there
     if (d/"adapter_config.json").exists():
         from peft import PeftModel
         base = json.loads((d/"adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not (cuda and importlib.util.find_spec("bitsandbytes")): base = base_16bit(base)   # 4-bit needs both
         model = PeftModel.from_pretrained(_from_pretrained(AutoModelForCausalLM, base, **kw), d)
-    elif (d/"config.json").exists(): model = _from_pretrained(AutoModelForCausalLM, str(d), **kw)
-    else: raise CompileError(f"{d}: neither a model (config.json) nor an adapter (adapter_config.json)")
+    else: model = _from_pretrained(AutoModelForCausalLM, str(d), **kw)
     tok = _from_pretrained(AutoTokenizer, str(d))
     return model.eval(), tok
 
@@ -403,9 +484,10 @@ def generate_replies(model, tok, histories:list, max_new_tokens:int=64, batch_si
 def node_adherence(model, tok, ds, G:nx.DiGraph, max_new_tokens:int=64, batch_size:int=32) -> dict:
     "Share of assistant turns (true history given) whose greedy reply realises the right node (`match_node`)."
     from subterranean.generate import match_node
+    from subterranean.paths import row_scenario
     hist, want, slots = [], [], []
     for row in ds:
-        k, sl = 0, json.loads(row["scenario"]["slots"]) if isinstance(row["scenario"]["slots"], str) else row["scenario"]["slots"]
+        k, sl = 0, row_scenario(row)["slots"]
         for i, m in enumerate(row["messages"]):
             if m["role"] != "assistant": continue
             hist.append(row["messages"][:i]); want.append(row["turn_nodes"][k]); slots.append(sl); k += 1

@@ -15,8 +15,8 @@ import yaml
 __all__ = ['TYPES', 'OUTCOMES', 'TOP_FIELDS', 'NODE_FIELDS', 'EDGE_FIELDS', 'DEFAULT_OPENERS', 'NODE_ORDER', 'MAX_BYTES',
            'COLORS', 'OUTCOME_COLORS', 'WorkflowError', 'placeholders', 'fill', 'validate_workflow', 'workflow_dict',
            'save_workflow', 'read_yaml', 'workflow_from_dict', 'load_workflow', 'example_path', 'decision_hubs',
-           'turn_nodes', 'workflow_hash', 'workflow_summary', 'workflow_layout', 'draw_workflow', 'workflow_prompt',
-           'count_tokens', 'to_mermaid', 'from_mermaid']
+           'turn_nodes', 'workflow_hash', 'workflow_layout', 'draw_workflow', 'workflow_prompt', 'count_tokens',
+           'to_mermaid', 'from_mermaid']
 
 # %% ../nbs/00_workflow.ipynb #6c4080f9
 class WorkflowError(Exception):
@@ -362,31 +362,6 @@ def workflow_hash(G:nx.DiGraph) -> str:
     d = workflow_dict(G); d.setdefault("format", 1)   # a graph built in memory hashes as its saved file does
     s = json.dumps(d, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(s.encode()).hexdigest()[:12]
-
-# %% ../nbs/00_workflow.ipynb #3e7ef147
-def _count_acyclic(G, start, limit=10_000_000):
-    "The number of start-to-end paths that repeat no node (a depth-first count, stopping at `limit`)."
-    ends = {n for n in G if G.nodes[n].get("type") == "end"}
-    total, stack, on = 0, [(start, iter(G.successors(start)))], {start}
-    if start in ends: return 1
-    while stack and total < limit:
-        n, it = stack[-1]
-        m = next(it, None)
-        if m is None: stack.pop(); on.discard(n); continue
-        if m in on: continue
-        if m in ends: total += 1; continue
-        on.add(m); stack.append((m, iter(G.successors(m))))
-    return total
-
-def workflow_summary(G:nx.DiGraph) -> dict:
-    "Counts of a workflow: nodes, edges, nodes by type, decision hubs, end nodes by outcome, acyclic paths."
-    types = {t: sum(1 for _, d in G.nodes(data=True) if d.get("type") == t) for t in TYPES}
-    ends = {o: sum(1 for _, d in G.nodes(data=True) if d.get("type") == "end" and d.get("outcome") == o) for o in OUTCOMES}
-    start = G.graph.get("start")
-    return dict(name=G.graph.get("name"), nodes=G.number_of_nodes(), edges=G.number_of_edges(), types=types,
-                hubs=decision_hubs(G), ends=ends, slots=len(G.graph.get("slots") or {}),
-                knowledge=len(G.graph.get("knowledge") or []),
-                paths=_count_acyclic(G, start) if start in G else 0)
 
 # %% ../nbs/00_workflow.ipynb #c465947c
 COLORS = {"agent": "#cfe3f7", "decision": "#fde7b0", "tool": "#d9ead3", "end": "#f4cccc", None: "#eeeeee"}

@@ -39,17 +39,19 @@ def quiet_libraries(verbose:bool=False):
     try:
         import datasets
         from transformers.utils import logging as hf_logging; hf_logging.get_logger()   # its own setup first, then ours
-    except ImportError: datasets = None                 # without the train extra there is less to quiet
+    except ImportError: datasets = hf_logging = None     # without the train extra there is less to quiet
     levels = {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
-    bars = datasets is not None and datasets.is_progress_bar_enabled()
+    bars = datasets is not None and datasets.is_progress_bar_enabled(), hf_logging is not None and hf_logging.is_progress_bar_enabled()
     with warnings.catch_warnings():
         for cat in (UserWarning, FutureWarning, DeprecationWarning): warnings.simplefilter("ignore", cat)
         for n in NOISY_LOGGERS: logging.getLogger(n).setLevel(logging.ERROR)
-        if bars: datasets.disable_progress_bars()
+        if bars[0]: datasets.disable_progress_bars()     # their bars (saving, loading weights): our stages show their own
+        if bars[1]: hf_logging.disable_progress_bar()
         try: yield
         finally:
             for n, level in levels.items(): logging.getLogger(n).setLevel(level)
-            if bars: datasets.enable_progress_bars()
+            if bars[0]: datasets.enable_progress_bars()
+            if bars[1]: hf_logging.enable_progress_bar()
 
 # %% ../nbs/06_pipeline.ipynb #461ccfb8
 OPENAI_URL = "https://api.openai.com/v1"

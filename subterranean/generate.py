@@ -576,7 +576,7 @@ def draw_coverage(ds, G:nx.DiGraph):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/02_generate.ipynb #98cc596b
+# %% ../nbs/02_generate.ipynb #ab1ae025
 import copy
 from .workflow import validate_workflow, workflow_prompt, placeholders, WorkflowError
 
@@ -596,7 +596,7 @@ def _plain(text, slots=()):
     text = re.sub(r"\{\w+\}|(?<=\w)_(?=\w)", lambda m: m[0] if m[0][0] == "{" else " ", text)    # code names as words
     return " ".join(re.sub(r"[\[\]*`<>|#]", "", text).split()).strip(" .")
 
-# %% ../nbs/02_generate.ipynb #fcccb482
+# %% ../nbs/02_generate.ipynb #20e1fd75
 _VERBS = set("""accept add adjust answer apologise apologize apply approve arrange ask assess assign authenticate book
     calculate call cancel capture charge check choose clarify close collect compare confirm connect create
     credit deliver describe determine diagnose direct dispatch email enable end escalate estimate explain
@@ -622,7 +622,7 @@ def _asks(s):
     if w == "to": return [f"Could you please {x}?", f"Please {x}.", f"May I ask you to {x}?", f"Would you {x}, please?"]
     return [f"Could you tell me {w} {x}?", f"May I ask {w} {x}?", f"Can you let me know {w} {x}?", f"Tell me, {w} {x}?"]
 
-# %% ../nbs/02_generate.ipynb #3994ca81
+# %% ../nbs/02_generate.ipynb #db49eb10
 _TAILS = {"success": ["Thanks for contacting us, have a great day!", "Is there anything else? If not, take care!",
                       "That's everything, goodbye!", "Thank you, and have a lovely day."],
           "escalation": ["A colleague will take it from here; thank you for your patience.",
@@ -658,7 +658,7 @@ def _step_lines(s, kind, outcome):
     if verb: return [f"I'll {v} now.", f"Alright, let me {v}.", f"Next, I'm going to {v}.", f"Now I'll {v}."]
     return [f"{s}.", f"Let's talk about {low}.", f"Now, regarding {low}.", f"Next up, {low}."]
 
-# %% ../nbs/02_generate.ipynb #eadb0902
+# %% ../nbs/02_generate.ipynb #cc623564
 def agent_lines(say:str, # the step's instruction (or label)
                 kind:str="agent", # agent | tool | end
                 outcome:str="success", # for an end: its outcome
@@ -673,7 +673,7 @@ def agent_lines(say:str, # the step's instruction (or label)
     out = list(dict.fromkeys(" ".join(o.split()) for o in _step_lines(s, kind, outcome)))
     return random.Random(f"{seed}:{s}").sample(out, min(3, len(out)))
 
-# %% ../nbs/02_generate.ipynb #2ef11340
+# %% ../nbs/02_generate.ipynb #53acd484
 _YES = r"yes|yep|yeah|ok|okay|sure|true|correct|confirmed|approved|accepted|agreed|found|works|worked|fixed|satisfied"
 _NO = r"no|nope|false|not really|declined|rejected|refused|not found|failed|broken|unsatisfied"
 _ME = [(r"\btheir\b", "my"), (r"\bthemselves\b", "myself"), (r"\bthem\b", "me"), (r"\bthey\b", "I"),
@@ -706,7 +706,7 @@ def _branch_lines(w):
     up, low = w[:1].upper() + w[1:], _clause(w)
     return [f"{up}.", f"It's about {low}.", f"{up}, I think.", f"I'd say {low}."]
 
-# %% ../nbs/02_generate.ipynb #311b4cf1
+# %% ../nbs/02_generate.ipynb #31d9e196
 def user_lines(when:str, # the branch's condition
                slots=(), # slot names the lines may keep as `{placeholders}`
                seed=0 # picks 3 of the variants
@@ -716,7 +716,7 @@ def user_lines(when:str, # the branch's condition
     out = list(dict.fromkeys(" ".join(o.replace("..", ".").split()) for o in _branch_lines(w)))
     return random.Random(f"{seed}:{w}").sample(out, min(3, len(out)))
 
-# %% ../nbs/02_generate.ipynb #a3446a7e
+# %% ../nbs/02_generate.ipynb #13818691
 _SLOT_VALUES = [(r"e-?mail", ["sam.lee@example.com", "ana.costa@example.org", "r.iyer@example.net", "mia@example.com"]),
                 (r"phone|mobile", ["+1 415 555 0134", "+44 20 7946 0958", "+61 2 5550 1234", "+1 212 555 0187"]),
                 (r"name", ["Sam Lee", "Ana Costa", "Ravi Iyer", "Mia Weber"]),
@@ -739,7 +739,7 @@ def _stand_in(spec):
     "Whether a slot spec holds only stand-ins like `<order_id>`."
     return isinstance(spec, list) and bool(spec) and all(re.fullmatch(r"<\w+>", str(v)) for v in spec)
 
-# %% ../nbs/02_generate.ipynb #0b1f68fb
+# %% ../nbs/02_generate.ipynb #953557e4
 def _json_answer(text):
     "The JSON object in a teacher's answer (inside a ``` block or not); ValueError naming what is wrong."
     t = (text or "").strip()
@@ -772,7 +772,7 @@ def _check_lines(lines, what, role, G, slots):
             raise ValueError(f"{what}: {x!r} is not usable ({why.replace('_', ' ')})")
     return [" ".join(x.split()) for x in lines]
 
-# %% ../nbs/02_generate.ipynb #57b651bf
+# %% ../nbs/02_generate.ipynb #a60e1d27
 DRAFT_SYSTEM = ("You help turn a flowchart of a customer-service procedure into training material for a small chat "
                 "model. Write natural, specific lines in plain text: no stage directions, no brackets, no speaker "
                 "labels, and never mention the procedure, its steps or their names. Answer with one JSON object and "
@@ -797,7 +797,7 @@ def _node_task(G, n):
     say = json.dumps(d.get("say") or "none yet")
     return f"Step `{n}` is {what}. Its instruction: {say}.\nWrite " + "; ".join(fields) + f".\nJSON: {shape}"
 
-# %% ../nbs/02_generate.ipynb #2ad59e10
+# %% ../nbs/02_generate.ipynb #0b7c2307
 def _branch_task(G, h, edges):
     "What to ask a teacher about the branches `edges` (out of node `h`) that have no user lines."
     prev = [p for p in G.predecessors(h) if G.nodes[p].get("say")]
@@ -819,7 +819,7 @@ def _top_task(G, need):
     return ("Write the assistant's setup: " + "; ".join(parts[k] for k in need) + ".\nJSON: {" +
             ", ".join(f'"{k}": ...' for k in need) + "}")
 
-# %% ../nbs/02_generate.ipynb #315f0b6e
+# %% ../nbs/02_generate.ipynb #3e1fcf41
 def _merge_slots(G, slots):
     "Add a teacher's slots to `G`: values of a new slot, or of one that had stand-ins, else more values (8 at most)."
     if not slots: return
@@ -852,7 +852,7 @@ def _node_ask(G, n, seed):
         G.nodes[n]["examples"] = list(dict.fromkeys(old + a["examples"]))[:max(3, len(old))]
     return dict(key=f"node {n!r}", task=lambda G: _node_task(G, n), template=json.dumps(tmpl), parse=parse, apply=apply)
 
-# %% ../nbs/02_generate.ipynb #778a51e3
+# %% ../nbs/02_generate.ipynb #4d1953df
 def _branch_ask(G, h, seed):
     "The drafting task of the branches out of `h` that have no user lines."
     edges = [(a, b, e) for a, b, e in G.out_edges(h, data=True) if not e.get("user")]
@@ -872,7 +872,7 @@ def _branch_ask(G, h, seed):
     return dict(key=f"branches of {h!r}", task=lambda G: _branch_task(G, h, edges), template=json.dumps(tmpl),
                 parse=parse, apply=apply)
 
-# %% ../nbs/02_generate.ipynb #efd16c9f
+# %% ../nbs/02_generate.ipynb #e48cdfe5
 _GENERIC_NAMES = {"mermaid", "langgraph", "workflow", "flowchart", ""}
 
 def _top_template(G, need, seed):
@@ -905,7 +905,7 @@ def _top_parse(G, need, text):
         out["openers"] = _check_lines(a.get("openers"), "openers", "user", G, known)
     return out
 
-# %% ../nbs/02_generate.ipynb #6632328f
+# %% ../nbs/02_generate.ipynb #bf8f707a
 def _top_ask(G, seed):
     "The drafting task of the workflow's missing fields (agent, personas, openers) and stand-in slots; None if none."
     g = G.graph
@@ -926,7 +926,7 @@ def draft_asks(G:nx.DiGraph, seed:int=0) -> list:
     bare = [h for h in hubs if any(not e.get("user") for *_, e in G.out_edges(h, data=True))]
     return asks + [_branch_ask(G, h, seed) for h in bare]
 
-# %% ../nbs/02_generate.ipynb #4d5e697b
+# %% ../nbs/02_generate.ipynb #65046f58
 async def _draft_one(teacher, G, ask, run, tries):
     "One drafting task: ask `teacher`, check the answer, and retry with the problem fed back; the checked answer."
     msgs, problems = _draft_messages(G, ask["task"](G)), []
@@ -943,7 +943,7 @@ async def _draft_one(teacher, G, ask, run, tries):
             msgs = msgs[:2] + [{"role": "assistant", "content": r["text"]}, {"role": "user", "content": again}]
     raise TeacherError(f"no valid answer in {tries} tries (last: {problems[-1]})")
 
-# %% ../nbs/02_generate.ipynb #f9eecd16
+# %% ../nbs/02_generate.ipynb #5ab928eb
 def _draft_note(teacher):
     "What the drafted workflow says about where its lines came from."
     if isinstance(teacher, TemplateTeacher):
@@ -967,11 +967,15 @@ async def adraft_workflow(G:nx.DiGraph, teacher, seed:int=0, concurrency:int=8, 
                 why = e if isinstance(e, TeacherError) else "the budget is spent"
                 W.append(f"{ask['key']}: {why}: drafted from its label instead")
             ask["apply"](D, answer); bar.update(1)
+    tasks = []
     try:
         if (top := _top_ask(D, seed)): bar.total += 1; await do(top)
         asks = draft_asks(D, seed); bar.total += len(asks); bar.refresh()
-        await asyncio.gather(*(do(a) for a in asks))
-    finally:
+        tasks = [asyncio.ensure_future(do(a)) for a in asks]
+        await asyncio.gather(*tasks)
+    finally:                                               # on a fatal error: stop the other tasks, then close
+        for t in tasks: t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         bar.close()
         if hasattr(teacher, "aclose"): await teacher.aclose()
     note = _draft_note(teacher)
@@ -981,7 +985,7 @@ async def adraft_workflow(G:nx.DiGraph, teacher, seed:int=0, concurrency:int=8, 
     validate_workflow(D)
     return D
 
-# %% ../nbs/02_generate.ipynb #e95cee4d
+# %% ../nbs/02_generate.ipynb #ff2e1a62
 def draft_workflow(G:nx.DiGraph, # a workflow skeleton, e.g. from `from_mermaid` or `from_langgraph`
                    teacher, # an `OpenAITeacher`, or a `TemplateTeacher` to draft offline from the labels
                    seed:int=0, # seeds the offline drafts

@@ -548,10 +548,10 @@ def count_tokens(text:str, # the text to measure
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return sum(-(-len(p) // 4) if p[0].isalnum() else 1 for p in _PIECE.findall(text))
 
-# %% ../nbs/00_workflow.ipynb #7350f6c1
+# %% ../nbs/00_workflow.ipynb #50955e63
 import bisect, functools, html, importlib, importlib.util, inspect, sys
 
-# %% ../nbs/00_workflow.ipynb #1bc65f97
+# %% ../nbs/00_workflow.ipynb #9e3e439f
 _SHAPES = {"agent": ('["', '"]'), "decision": ('{"', '"}'), "tool": ('[["', '"]]'), "end": ('(["', '"])')}
 _RESERVED = {"end", "subgraph", "graph", "flowchart", "class", "classDef", "style", "linkStyle", "click", "direction",
              "default", "call", "href", "interpolate", "accTitle", "accDescr"}
@@ -586,7 +586,7 @@ def to_mermaid(G:nx.DiGraph, # the workflow
         out += [f"    classDef {c} fill:{fill},stroke:#555555", f"    class {','.join(ids)} {c}"]
     return "\n".join(out) + "\n"
 
-# %% ../nbs/00_workflow.ipynb #1e52bfd4
+# %% ../nbs/00_workflow.ipynb #51982c21
 _TAG = re.compile(r"</?[A-Za-z][^<>]*>")
 _MD = re.compile(r"(\*\*|__)(.+?)\1|(?<![\w*])[*_](?=\S)(.+?)(?<=\S)[*_](?![\w*])")
 
@@ -609,7 +609,7 @@ def mermaid_text(raw:str, # a label as written: `<br>`, HTML tags, `#quot;`/`#35
     t = re.sub(r"#(\d{1,7}|[A-Za-z]{2,10});", _code, t)
     return " ".join(t.split())
 
-# %% ../nbs/00_workflow.ipynb #f310a6b7
+# %% ../nbs/00_workflow.ipynb #395ec239
 class _Bad(Exception):
     "A syntax problem at a position of the Mermaid text (turned into a `WorkflowError` naming the line)."
     def __init__(self, pos, msg): self.pos, self.msg = pos, msg
@@ -621,7 +621,7 @@ def _gap(s, pos, newlines=False):
     "The position after spaces and tabs (and newlines, `;` and `%%` comments when `newlines`)."
     return (_GAP if newlines else _SP).match(s, pos).end()
 
-# %% ../nbs/00_workflow.ipynb #eda61b4c
+# %% ../nbs/00_workflow.ipynb #02156acc
 def _label(s, pos, close):
     "(text, is_markdown, end) of a label that starts at `pos` and ends with one of `close`: quoted or not, over lines."
     q, closes = _gap(s, pos, True), close if isinstance(close, tuple) else (close,)
@@ -641,7 +641,7 @@ def _label(s, pos, close):
         i += 1
     raise _Bad(pos, f"a label is never closed with {' or '.join(map(repr, closes))}")
 
-# %% ../nbs/00_workflow.ipynb #c6e81943
+# %% ../nbs/00_workflow.ipynb #431a4177
 _OPENERS = [("(((", ")))", "circle"), ("((", "))", "circle"), ("([", "])", "stadium"), ("(-", "-)", "round"),
             ("(", ")", "round"), ("[[", "]]", "subroutine"), ("[(", ")]", "cylinder"), ("[/", ("/]", "\\]"), "rect"),
             ("[\\", ("\\]", "/]"), "rect"), ("[", "]", "rect"), ("{{", "}}", "hexagon"), ("{", "}", "rhombus"),
@@ -665,7 +665,7 @@ def _shape_data(s, pos):
     kv = {k: (q or v).strip() for k, q, v in re.findall(r'(\w+)\s*:\s*(?:"([^"]*)"|([^,\n}]*))', s[pos + 1:i])}
     return _DATA.get(kv.get("shape", "").lower(), "rect"), kv.get("label"), i + 1
 
-# %% ../nbs/00_workflow.ipynb #c62d9a02
+# %% ../nbs/00_workflow.ipynb #8eacc661
 def _shape(s, pos):
     "(shape, label, is_markdown, end) of the node shape at `pos`, or (None, None, False, pos) when there is none."
     if s.startswith("@{", pos):
@@ -680,7 +680,7 @@ def _shape(s, pos):
     if first: raise first
     return None, None, False, pos
 
-# %% ../nbs/00_workflow.ipynb #6c97322d
+# %% ../nbs/00_workflow.ipynb #4758dfd7
 _TAIL = r"(?:[>]|[xo](?!\w))"
 _LINK = re.compile(rf"(?:\w+@)?([xo<]?)(?:-{{2,}}(?:-|{_TAIL})|={{2,}}(?:=|{_TAIL})|-?\.+-{_TAIL}?|(~{{3,}}))")
 _TXT = r'("`[^`]*`"|"[^"\n]*"|\S(?:[^\n]*?\S)?)'                    # no spaces at its ends: no slow backtracking
@@ -695,7 +695,7 @@ def _unquote(t):
     if len(t) > 1 and t[0] == t[-1] == '"': return t[1:-1], False
     return t, False
 
-# %% ../nbs/00_workflow.ipynb #cd5e0f46
+# %% ../nbs/00_workflow.ipynb #16f88d36
 def _link(s, pos):
     "(dict(text, markdown, both, invisible), end) of the link at `pos`, or None when there is none."
     seg = s[pos:min(_rest(s, pos), pos + 1000)]                 # a link and its text sit on one line
@@ -719,7 +719,7 @@ def _rest(s, pos):
     e = s.find("\n", pos)
     return len(s) if e < 0 else e
 
-# %% ../nbs/00_workflow.ipynb #5aa391ca
+# %% ../nbs/00_workflow.ipynb #7e04f3ba
 _ID = re.compile(r"(?:\w|[!#$'*+?\\/]|-(?![->.=])|\.(?!-)|=(?!=))+")
 _CLASS = re.compile(r":::([\w-]+)")
 
@@ -749,7 +749,7 @@ def _mention(st, n, shape, label, md, pos):
         st["warn"].append((pos, f"node {n!r} is defined again with the label {_show(text)}: "
                                 f"the first label, {_show(d['label'])} (line {st['line'](d['pos'])}), is kept"))
 
-# %% ../nbs/00_workflow.ipynb #b98e44a7
+# %% ../nbs/00_workflow.ipynb #8d3eb31e
 def _group(s, pos, st):
     "Read `A & B & C` at `pos`: the node ids and the end."
     ids = []
@@ -773,7 +773,7 @@ def _vertices(s, pos, st):
         st["edges"] += [dict(link, a=a, b=b, pos=p) for a in group for b in nxt]
         group = nxt
 
-# %% ../nbs/00_workflow.ipynb #96cc8fd7
+# %% ../nbs/00_workflow.ipynb #4c0c4e4c
 _KEYWORDS = re.compile(r"(subgraph|end|direction|classDef|class|style|linkStyle|click|accTitle|accDescr)"
                        r"(?=[ \t:{;]|$)", re.M)
 
@@ -805,7 +805,7 @@ def _keyword(s, pos, st):
     elif kw == "accDescr": st["description"] = line.lstrip(":").strip()
     return eol                                               # direction, classDef, style, linkStyle, click: layout only
 
-# %% ../nbs/00_workflow.ipynb #ecd4ca60
+# %% ../nbs/00_workflow.ipynb #8db867ea
 def _statements(s, pos, st):
     "Read every statement from `pos` to the end of the diagram."
     while True:
@@ -820,7 +820,7 @@ def _statements(s, pos, st):
             raise _Bad(p, f"cannot read {_show(s[p:_rest(s, p)].strip())}")
         pos = p
 
-# %% ../nbs/00_workflow.ipynb #3a8eb155
+# %% ../nbs/00_workflow.ipynb #b9954c69
 _HEAD = re.compile(r"(flowchart-elk|flowchart|graph)\b[ \t]*((?:TB|TD|BT|RL|LR|BR)\b|[<>^v](?=[\s;]|$))?[ \t]*;?", re.M)
 _OTHER = re.compile(r"(sequenceDiagram|classDiagram(?:-v2)?|stateDiagram(?:-v2)?|erDiagram|gantt|pie|journey|gitGraph|"
                     r"mindmap|timeline|quadrantChart|requirementDiagram|C4\w+|zenuml|(?:sankey|xychart|block|packet|"
@@ -851,7 +851,7 @@ def _header(s, pos, st):
         if h: return h.end()
         pos = eol
 
-# %% ../nbs/00_workflow.ipynb #ce336800
+# %% ../nbs/00_workflow.ipynb #9392cbeb
 def _subgraph_edges(st):
     "The links, with those to a subgraph going to its entry nodes and those from one leaving from its exit nodes."
     subs = {sg: [n for n in ms if n not in st["members"]] for sg, ms in st["members"].items()}
@@ -868,7 +868,7 @@ def _subgraph_edges(st):
             out += [dict(e, a=a, b=b) for b in (ends(e["b"], "in", e["pos"]) if e["b"] in subs else [e["b"]])]
     return out
 
-# %% ../nbs/00_workflow.ipynb #0a7cae1e
+# %% ../nbs/00_workflow.ipynb #3ec9306b
 def _drawn_graph(st, edges, line, source):
     "The flowchart as drawn, as a `networkx.DiGraph` (two-way links as two links; invisible ones left out)."
     R = nx.DiGraph(title=st.get("title"), description=st.get("description"))
@@ -908,7 +908,7 @@ def read_mermaid(text:str, # the Mermaid source
         raise WorkflowError(f"{source}:{line(e.pos)}: {e.msg}" if e.pos is not None else f"{source}: {e.msg}") from None
     return _drawn_graph(st, edges, line, source)
 
-# %% ../nbs/00_workflow.ipynb #06f61c19
+# %% ../nbs/00_workflow.ipynb #cfef19ae
 _CUES = [("success", r"\b(?:success\w*|succeeded)\b"),
          ("escalation", r"escalat\w*|transfer\w*|hand(?:ed|s|ing)?[ -]?(?:off|over)\b|\bhandoff|\bhuman\b|live agent|"
           r"real person|supervisor|\bmanager\b|specialist|on[ -]?call|\btier[ -]?[23]|\blevel[ -]?[23]|\bl[23]\b|"
@@ -924,7 +924,7 @@ def end_outcome(text:str) -> tuple:
         if (m := re.search(cue, text or "", re.I)): return outcome, m[0]
     return None, None
 
-# %% ../nbs/00_workflow.ipynb #c7a67f48
+# %% ../nbs/00_workflow.ipynb #7300f559
 _START = re.compile(r"\W*(?:start|begin|entry|entry point|trigger|start here|begin here)\W*", re.I)
 _END = re.compile(r"\W*(?:the )?(?:end|stop|done|finish(?:ed)?|exit|close[d]?|terminate[d]?|end of (?:the )?(?:chat|"
                   r"conversation|call|flow|process)|(?:conversation|chat|call|flow|process) "
@@ -950,7 +950,7 @@ def _explicit(R, n):
     o = next((c for c in cs if c in OUTCOMES), None)
     return ("end", o) if o else (next((c for c in cs if c in TYPES), None), None)
 
-# %% ../nbs/00_workflow.ipynb #25ae8e91
+# %% ../nbs/00_workflow.ipynb #9336da06
 def _unique(R, n):
     "`n`, or `n_2`, `n_3`, ... : an id not yet in `R`."
     k, m = 2, n
@@ -986,7 +986,7 @@ def _entry(R, W, at):
              "routes the customer's first message to them")
     return hub, desc
 
-# %% ../nbs/00_workflow.ipynb #71666873
+# %% ../nbs/00_workflow.ipynb #1485f123
 def _node_types(R):
     "Each node's `type` (and `outcome`, `explicit`): its class; else a sink is an end, a rhombus a decision, and so on."
     for n, d in R.nodes(data=True):
@@ -1016,7 +1016,7 @@ def _contract(R, W, at, start):
             R.remove_node(d); again = True
     return start
 
-# %% ../nbs/00_workflow.ipynb #f2dd976f
+# %% ../nbs/00_workflow.ipynb #cbb11f0c
 def _ends(R, W, at):
     "Give each end its outcome: from its class, its words, else per link from the link's or the previous step's words."
     for e in [n for n in R if R.nodes[n]["type"] == "end"]:
@@ -1052,7 +1052,7 @@ def _hubs(R, W, at):
                 W.append(f"{at(h)}branch {h} -> {m} has no text: its condition is the next step's words "
                          f"{_show(e['label'])}")
 
-# %% ../nbs/00_workflow.ipynb #32b5f9db
+# %% ../nbs/00_workflow.ipynb #8697a7f4
 def _say(R, n):
     "The `say` of node `n`: its label, unless it only repeats the id or marks an end (`End`, `served (success)`)."
     d, label = R.nodes[n], R.nodes[n].get("label")
@@ -1075,7 +1075,7 @@ def _skeleton_graph(R, name, start, desc):
     for a, b, e in R.edges(data=True): G.add_edge(a, b, **({"when": e["label"]} if e.get("label") else {}))
     return G
 
-# %% ../nbs/00_workflow.ipynb #5a7b4941
+# %% ../nbs/00_workflow.ipynb #6825486e
 def workflow_skeleton(R:nx.DiGraph, # a flowchart as drawn (`read_mermaid`, or the graph `from_langgraph` reads)
                       name:str="workflow", # the workflow's name
                       source:str="mermaid", # how problems and warnings name where it came from
@@ -1102,7 +1102,7 @@ def workflow_skeleton(R:nx.DiGraph, # a flowchart as drawn (`read_mermaid`, or t
     finally: _LINES.pop(G, None); G.graph.pop("source")
     return G
 
-# %% ../nbs/00_workflow.ipynb #08df7a4d
+# %% ../nbs/00_workflow.ipynb #fc7ee880
 def _slug(text):
     "A name made of lower-case words joined by `_`."
     return "_".join(re.findall(r"\w+", str(text).lower()))[:60]
@@ -1117,7 +1117,7 @@ def from_mermaid(text:str, # a Mermaid `flowchart` (or `graph`) definition
     R = read_mermaid(text, source, line_offset)
     return workflow_skeleton(R, name or _slug(R.graph.get("title") or "") or "mermaid", source, warnings)
 
-# %% ../nbs/00_workflow.ipynb #6dbd3321
+# %% ../nbs/00_workflow.ipynb #2188bccd
 def _prompt_text(x, depth=0):
     "The system (else first) template text of a LangChain prompt in `x` (a prompt, or a chain that starts with one)."
     if x is None or depth > 4: return None
@@ -1146,7 +1146,7 @@ def langgraph_node_text(data, # the node's runnable (`graph.get_graph().nodes[n]
     text = doc.split("\n\n")[0] if doc else _prompt_text(data)
     return (" ".join(re.sub(r"\{(\w+)\}", r"\1", text).split()) or None) if text else None
 
-# %% ../nbs/00_workflow.ipynb #38e3363e
+# %% ../nbs/00_workflow.ipynb #cc31ac92
 def _one_line(e): return " ".join(f"{type(e).__name__}: {e}".split())[:300]
 
 def _langgraph_view(graph, source):
@@ -1194,7 +1194,7 @@ def from_langgraph(graph, # a LangGraph `StateGraph`, or the compiled graph `Sta
     R = _drawn_langgraph(_langgraph_view(graph, source), source)
     return workflow_skeleton(R, name or "langgraph", source, warnings)
 
-# %% ../nbs/00_workflow.ipynb #0ab74de4
+# %% ../nbs/00_workflow.ipynb #9a71e5c5
 _FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})[ \t]*\{?mermaid\}?[^\n]*\n(.*?)^[ \t]*\2[ \t]*$", re.M | re.S)
 
 def mermaid_block(text:str, # a Markdown document
@@ -1218,7 +1218,7 @@ def _read_source(path):
     except UnicodeDecodeError as e:
         raise WorkflowError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
 
-# %% ../nbs/00_workflow.ipynb #e752a257
+# %% ../nbs/00_workflow.ipynb #3c98e1d8
 def _required(f):
     "The parameters a call of `f` needs."
     try: ps = inspect.signature(f).parameters.values()
@@ -1260,7 +1260,7 @@ def load_object(spec:str # `path/to/file.py:attr` or `package.module:attr` (attr
             raise WorkflowError(f"{spec}: calling {attr}() failed: {_one_line(e)}") from None
     return obj
 
-# %% ../nbs/00_workflow.ipynb #65801d74
+# %% ../nbs/00_workflow.ipynb #5eda2548
 _SPEC = re.compile(r"(?P<mod>.+\.py|[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)")
 
 def import_workflow(source, # a `.mmd` file, a Markdown file with a ```mermaid block, `file.py:graph` or `module:graph`
@@ -1269,7 +1269,11 @@ def import_workflow(source, # a `.mmd` file, a Markdown file with a ```mermaid b
     "(workflow skeleton, warnings) from a flowchart file or a LangGraph graph; bad input is a one-line `WorkflowError`."
     src, W = str(source), []
     if (m := _SPEC.fullmatch(src)) and not Path(src).exists():
-        return from_langgraph(load_object(src), name=name or _slug(m["attr"].split(".")[-1]), warnings=W, source=src), W
+        attr, mod = m["attr"].split(".")[-1], m["mod"]
+        stem = Path(mod).stem if mod.endswith(".py") else mod.split(".")[-1]
+        generic = attr in ("graph", "app", "workflow", "builder", "agent") or attr.startswith(("make_", "build_"))
+        name = name or _slug(stem if generic else attr)              # `support.py:graph` -> support
+        return from_langgraph(load_object(src), name=name, warnings=W, source=src), W
     text, offset = _read_source(src), 0
     bare = re.search(r"^\s*(?:flowchart|graph)\b", text, re.M)
     if Path(src).suffix.lower() in (".md", ".markdown") or ("```" in text and not bare):

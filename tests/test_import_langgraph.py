@@ -99,7 +99,7 @@ def test_from_langgraph_object_and_specs(graph_file, monkeypatch):
     for spec in (f"{graph_file}:graph", f"{graph_file}:make_graph", "support_graph:graph"):
         G, notes = import_workflow(spec)
         check_skeleton(G)
-        assert G.graph["name"] in ("graph", "make_graph") and all(n.startswith(spec) for n in notes)
+        assert G.graph["name"] == "support_graph" and all(n.startswith(spec) for n in notes)
 
 
 def test_bad_specs(graph_file):

@@ -14,11 +14,12 @@ import networkx as nx
 from .workflow import fill, turn_nodes, workflow_hash, DEFAULT_OPENERS
 
 # %% auto #0
-__all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'run_sync', 'TeacherError', 'FatalTeacherError',
-           'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt', 'clean_turn', 'check_turn',
-           'similarity', 'match_node', 'BudgetStop', 'converse', 'cache_key', 'load_cache', 'append_cache',
-           'agenerate_conversations', 'run_info', 'generate_conversations', 'GenerateConfig', 'split_conversations',
-           'generation_summary', 'render_conversation', 'draw_coverage']
+__all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'DRAFT_SYSTEM', 'run_sync', 'TeacherError',
+           'FatalTeacherError', 'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt',
+           'clean_turn', 'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse', 'cache_key', 'load_cache',
+           'append_cache', 'agenerate_conversations', 'run_info', 'generate_conversations', 'GenerateConfig',
+           'split_conversations', 'generation_summary', 'render_conversation', 'draw_coverage', 'second_person',
+           'agent_lines', 'user_lines', 'slot_values', 'draft_asks', 'adraft_workflow', 'draft_workflow']
 
 # %% ../nbs/02_generate.ipynb #93a676ff
 def run_sync(coro):
@@ -594,3 +595,428 @@ def draw_coverage(ds, G:nx.DiGraph):
     ax.set_title(f"{G.graph.get('name', '')}: node coverage {s['node_coverage']:.0%}, edge coverage {s['edge_coverage']:.0%}", fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/02_generate.ipynb #ab1ae025
+import copy
+from .workflow import validate_workflow, workflow_prompt, placeholders, WorkflowError
+
+_PEOPLE = r"(?:customer|user|caller|client|employee|member|guest|visitor|patient|student|buyer|requester)"
+_YOU = [(rf"\b(?:the |this )?{_PEOPLE}'s\b", "your"), (r"\btheir\b", "your"), (rf"\b(?:the |this )?{_PEOPLE}\b", "you"),
+        (r"\bthem\b", "you"), (r"\bthey're\b", "you're"), (r"\bthey\b", "you"), (r"\bhim or her\b|\bhim\b", "you")]
+
+def second_person(text:str) -> str:
+    "`text` with the customer as 'you': 'Ask the customer for their order number' -> 'Ask you for your order number'."
+    for a, b in _YOU: text = re.sub(a, b, text, flags=re.I)
+    return text
+
+def _plain(text, slots=()):
+    "A label made safe for an example line: no brackets, emphasis marks or undeclared `{placeholders}`, one line."
+    text = re.sub(r"\{(\w+)\}", lambda m: m[0] if m[1] in slots else m[1], str(text))
+    text = re.sub(r"\w+\((?:[^()]*)\)", lambda m: m[0].split("(")[0], text)           # lookup_order(id) -> lookup_order
+    text = re.sub(r"\{\w+\}|(?<=\w)_(?=\w)", lambda m: m[0] if m[0][0] == "{" else " ", text)    # code names as words
+    return " ".join(re.sub(r"[\[\]*`<>|#]", "", text).split()).strip(" .")
+
+# %% ../nbs/02_generate.ipynb #20e1fd75
+_VERBS = set("""accept add adjust answer apologise apologize apply approve arrange ask assess assign authenticate book
+    calculate call cancel capture charge check choose clarify close collect compare confirm connect create
+    credit deliver describe determine diagnose direct dispatch email enable end escalate estimate explain
+    fetch file find fix flag follow forward gather get give greet guide hand handle help identify inform
+    initiate invite issue let list log look make mark notify offer open order pass place prepare present
+    process provide query raise read reassure recommend record redirect refer refund register reject remind
+    remove renew repeat reply request reschedule reset resolve respond restart retrieve return review route
+    run say schedule search send set share ship show sign solve start submit suggest summarise summarize
+    tell thank transfer troubleshoot try update upgrade validate verify walk warn welcome write""".split())
+
+def _clause(s):
+    "Lower-case the first letter, unless the first word is an acronym or a name with capitals inside."
+    return s if re.match(r"[A-Z]{2}|[A-Z]\w*[A-Z]", s) else s[:1].lower() + s[1:]
+
+def _asks(s):
+    "Questions that do what an 'Ask (the customer) for/whether/what ...' instruction says, or None."
+    m = re.match(rf"(?i)ask\s+(?:(?:the |this )?{_PEOPLE}\s+|them\s+)?"
+                 r"(for|about|whether|if|what|which|how|when|where|why|who|to)?\s*(.+)", s)
+    if not m: return None
+    w, x = (m[1] or "for").lower(), second_person(m[2]).rstrip("?.")
+    if w in ("for", "about"): return [f"Could you give me {x}?", f"Please tell me {x}.", f"May I have {x}, please?",
+                                      f"Could you tell me {x}?"]
+    if w == "to": return [f"Could you please {x}?", f"Please {x}.", f"May I ask you to {x}?", f"Would you {x}, please?"]
+    return [f"Could you tell me {w} {x}?", f"May I ask {w} {x}?", f"Can you let me know {w} {x}?", f"Tell me, {w} {x}?"]
+
+# %% ../nbs/02_generate.ipynb #db49eb10
+_TAILS = {"success": ["Thanks for contacting us, have a great day!", "Is there anything else? If not, take care!",
+                      "That's everything, goodbye!", "Thank you, and have a lovely day."],
+          "escalation": ["A colleague will take it from here; thank you for your patience.",
+                         "Someone from the team will be with you shortly.", "You're in good hands, goodbye for now.",
+                         "They will contact you soon. Thanks for waiting."],
+          "abandonment": ["No problem, you're welcome back any time.", "Understood. Goodbye for now.",
+                          "Alright, take care!", "Okay, feel free to come back whenever you like."]}
+
+def _greeting(s):
+    "Lines for a 'Greet the customer (and ask ...)' instruction."
+    rest = (re.split(r"(?i)\s*(?:,|;|\band\b)\s*", s, maxsplit=1)[1:] or [""])[0]
+    tail = _asks(rest) or ([f"I'll {second_person(_clause(rest))} for you."] * 4 if rest else
+                           ["How can I help you today?", "What can I do for you?", "How may I help?",
+                            "What brings you here today?"])
+    heads = ["Hello, thanks for getting in touch!", "Hi there, welcome!", "Good day, and thanks for reaching out.",
+             "Hello and welcome!"]
+    return [f"{h} {t}" for h, t in zip(heads, tail)]
+
+def _step_lines(s, kind, outcome):
+    "Four variants of what the agent says for instruction `s` (a step of `kind`, an end with `outcome`)."
+    low, v = _clause(s), second_person(_clause(s))
+    verb = low.split()[0].lower() in _VERBS
+    if kind == "end":
+        lead = "" if re.match(rf"(?i)(?:the |a )?{_PEOPLE}\b", s) else (f"I'll {v}. " if verb else f"{s}. ")
+        return [lead + t for t in _TAILS[outcome]]
+    if re.match(r"(?i)(?:greet|welcome|say hello)\b", s): return _greeting(s)
+    if (q := _asks(s)): return q
+    if s.endswith("?"): return [s, f"Quick question: {low}", f"May I ask, {low}", f"Let me check one thing: {low}"]
+    if kind == "tool":
+        v2 = v if verb else f"check {v}"
+        return [f"One moment while I {v2}.", f"Let me {v2} for you.", f"I'm going to {v2} now, one moment.",
+                f"Give me a second to {v2}."]
+    if verb: return [f"I'll {v} now.", f"Alright, let me {v}.", f"Next, I'm going to {v}.", f"Now I'll {v}."]
+    return [f"{s}.", f"Let's talk about {low}.", f"Now, regarding {low}.", f"Next up, {low}."]
+
+# %% ../nbs/02_generate.ipynb #cc623564
+def agent_lines(say:str, # the step's instruction (or label)
+                kind:str="agent", # agent | tool | end
+                outcome:str="success", # for an end: its outcome
+                slots=(), # slot names the lines may keep as `{placeholders}`
+                seed=0 # picks 3 of the variants
+               ) -> list:
+    "Three example lines for a step, written from its instruction alone (the offline drafter's words)."
+    s = _plain(say, slots) or "continue"
+    parts = re.split(r"(?<=[.!?])\s+", s)                # 'Hello! This is the helpdesk. Ask what ...': keep the lead-in
+    k = next((i for i, p in enumerate(parts) if (p.split() or [""])[0].lower() in _VERBS), 0) if kind != "end" else 0
+    if k: return [f"{' '.join(parts[:k])} {x}" for x in agent_lines(" ".join(parts[k:]), kind, outcome, slots, seed)]
+    out = list(dict.fromkeys(" ".join(o.split()) for o in _step_lines(s, kind, outcome)))
+    return random.Random(f"{seed}:{s}").sample(out, min(3, len(out)))
+
+# %% ../nbs/02_generate.ipynb #53acd484
+_YES = r"yes|yep|yeah|ok|okay|sure|true|correct|confirmed|approved|accepted|agreed|found|works|worked|fixed|satisfied"
+_NO = r"no|nope|false|not really|declined|rejected|refused|not found|failed|broken|unsatisfied"
+_ME = [(r"\btheir\b", "my"), (r"\bthemselves\b", "myself"), (r"\bthem\b", "me"), (r"\bthey\b", "I"),
+       (r"\bhis or her\b|\bhis\b", "my")]
+_IRREGULAR = {"is": "am", "has": "have", "does": "do", "was": "was", "isn't": "am not", "doesn't": "don't",
+              "hasn't": "haven't", "says": "say", "goes": "go"}
+
+def _first_person(verb_phrase):
+    "'wants their money back' -> 'want my money back' (the customer speaking)."
+    w, _, rest = verb_phrase.partition(" ")
+    lw = w.lower()
+    w = _IRREGULAR.get(lw) or (lw[:-3] + "y" if lw.endswith("ies") else lw[:-2] if re.search(r"(sh|ch|x|ss|z)es$", lw)
+                               else lw[:-1] if re.search(r"[^su]s$", lw) else lw)
+    out = f"{w} {rest}".strip()
+    for a, b in _ME: out = re.sub(a, b, out, flags=re.I)
+    return out
+
+def _branch_lines(w):
+    "Four variants of what a customer says to take a branch whose condition is `w`."
+    if (m := re.fullmatch(rf"(?i)({_YES}|{_NO})(?:\s*[,:;.-]\s*(.+))?", w)):
+        yes = re.fullmatch(_YES, m[1], re.I) is not None
+        first = f"{'Yes' if yes else 'No'}, {_clause(m[2])}." if m[2] else ("Yes." if yes else "No.")
+        return [first] + (["Yes, that's right.", "Yep, exactly.", "Yes, it is."] if yes else
+                          ["No, that's not it.", "Nope, not really.", "No, I'm afraid not."])
+    s = re.match(rf"(?i)(?:if |when )?(?:(?:the |this )?{_PEOPLE}|they|he|she)\s+(.+)", w)
+    third = re.match(r"[A-Za-z]+[^su\W]s\b", w) and not re.match(r"(?i)(?:this|is|has|was|yes)\b", w)  # 'Wants to ...'
+    if s or third:
+        x = "I " + _first_person(s[1] if s else w)
+        return [f"{x}.", f"Well, {x}.", f"Honestly, {x}.", f"Hi, so {x}."]
+    up, low = w[:1].upper() + w[1:], _clause(w)
+    return [f"{up}.", f"It's about {low}.", f"{up}, I think.", f"I'd say {low}."]
+
+# %% ../nbs/02_generate.ipynb #31d9e196
+def user_lines(when:str, # the branch's condition
+               slots=(), # slot names the lines may keep as `{placeholders}`
+               seed=0 # picks 3 of the variants
+              ) -> list:
+    "Three customer lines that take a branch, written from its condition alone (the offline drafter's words)."
+    w = _plain(when, slots) or "okay"
+    out = list(dict.fromkeys(" ".join(o.replace("..", ".").split()) for o in _branch_lines(w)))
+    return random.Random(f"{seed}:{w}").sample(out, min(3, len(out)))
+
+# %% ../nbs/02_generate.ipynb #13818691
+_SLOT_VALUES = [(r"e-?mail", ["sam.lee@example.com", "ana.costa@example.org", "r.iyer@example.net", "mia@example.com"]),
+                (r"phone|mobile", ["+1 415 555 0134", "+44 20 7946 0958", "+61 2 5550 1234", "+1 212 555 0187"]),
+                (r"name", ["Sam Lee", "Ana Costa", "Ravi Iyer", "Mia Weber"]),
+                (r"date|day", ["3 May", "17 June", "2 September", "21 November"]),
+                (r"amount|price|total|cost|fee|balance", ["$25", "$80", "$149", "$420"]),
+                (r"id$|number|ref|code|_no$|^no$", ["A-1001", "B-2417", "C-3090", "D-4522"]),
+                (r"address|city|location", ["12 Oak Street", "4 Harbour Road", "88 Mill Lane", "301 Pine Avenue"])]
+
+def slot_values(name:str) -> list:
+    "Four stand-in values for a slot, guessed from its name (the offline drafter's values)."
+    guess = [f"{name.replace('_', ' ')} {c}" for c in "ABCD"]
+    return next((v for p, v in _SLOT_VALUES if re.search(p, name, re.I)), guess)
+
+def _one(spec):
+    "One value of a slot spec (a list, {min, max} or {choices})."
+    if isinstance(spec, dict): return spec.get("min", (spec.get("choices") or ["x"])[0])
+    return spec[0] if isinstance(spec, list) and spec else "x"
+
+def _stand_in(spec):
+    "Whether a slot spec holds only stand-ins like `<order_id>`."
+    return isinstance(spec, list) and bool(spec) and all(re.fullmatch(r"<\w+>", str(v)) for v in spec)
+
+# %% ../nbs/02_generate.ipynb #953557e4
+def _json_answer(text):
+    "The JSON object in a teacher's answer (inside a ``` block or not); ValueError naming what is wrong."
+    t = (text or "").strip()
+    m = re.search(r"```(?:json)?\s*(.*?)```", t, re.S)
+    t = m[1].strip() if m else t[t.find("{"):t.rfind("}") + 1] if "{" in t and "}" in t else t
+    try: d = json.loads(t)
+    except ValueError as e: raise ValueError(f"not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(d, dict): raise ValueError("the answer is JSON but not an object")
+    return d
+
+def _check_slots(v):
+    "A teacher's `slots`: {identifier: [2+ values]}; ValueError otherwise."
+    if v in (None, ""): return {}
+    if not isinstance(v, dict): raise ValueError("`slots` must be an object of slot name -> list of values")
+    for k, vals in v.items():
+        if not re.fullmatch(r"[A-Za-z_]\w*", str(k)): raise ValueError(f"slot name {k!r} must be an identifier")
+        scalar = lambda x: isinstance(x, (str, int, float)) and not isinstance(x, bool)
+        if not (isinstance(vals, list) and len(vals) >= 2 and all(map(scalar, vals))):
+            raise ValueError(f"slot {k!r}: give a list of at least 2 values (strings or numbers)")
+    return {str(k): list(vals) for k, vals in v.items()}
+
+def _check_lines(lines, what, role, G, slots):
+    "2 to 6 lines, each one the generator would accept (placeholders declared); ValueError naming the first bad one."
+    if not (isinstance(lines, list) and 2 <= len(lines) <= 6 and all(isinstance(x, str) and x.strip() for x in lines)):
+        raise ValueError(f"{what} must be a list of 2 to 6 non-empty strings")
+    for x in lines:
+        if (bad := [p for p in placeholders(x) if p not in slots]):
+            raise ValueError(f"{what}: {x!r} uses {{{bad[0]}}}, which is not a slot: add it to slots or write a value")
+        if (why := check_turn(fill(x, {k: _one(v) for k, v in slots.items()}), role, G, max_chars=400, grams=set())):
+            raise ValueError(f"{what}: {x!r} is not usable ({why.replace('_', ' ')})")
+    return [" ".join(x.split()) for x in lines]
+
+# %% ../nbs/02_generate.ipynb #a60e1d27
+DRAFT_SYSTEM = ("You help turn a flowchart of a customer-service procedure into training material for a small chat "
+                "model. Write natural, specific lines in plain text: no stage directions, no brackets, no speaker "
+                "labels, and never mention the procedure, its steps or their names. Answer with one JSON object and "
+                "nothing else.")
+
+def _draft_messages(G, task):
+    "The chat messages of one drafting task: the procedure and known slots, then the task."
+    slots = {k: v for k, v in (G.graph.get("slots") or {}).items() if not _stand_in(v)}
+    ctx = (f"The procedure the assistant follows:\n\n{workflow_prompt(G, examples=1)}\n"
+           f"Slots (customer details that vary between conversations, written as {{name}} placeholders): "
+           f"{json.dumps(slots, default=str) if slots else 'none yet'}.")
+    return [{"role": "system", "content": DRAFT_SYSTEM}, {"role": "user", "content": f"{ctx}\n\n{task}"}]
+
+def _node_task(G, n):
+    "What to ask a teacher about node `n`."
+    d = G.nodes[n]; t = d["type"]
+    what = f"the last step: it ends the conversation ({d.get('outcome')})" if t == "end" else f"a {t} step"
+    fields = (['"say": one sentence telling the assistant what to do at this step'] if not d.get("say") else []) + [
+        '"examples": 3 different messages the assistant could send at this step, each doing what the step says, with '
+        '{slot} placeholders for customer details', '"slots": every new slot the examples use, with 4 values each']
+    shape = ('{"say": "...", ' if not d.get("say") else "{") + '"examples": ["...", "...", "..."], "slots": {}}'
+    say = json.dumps(d.get("say") or "none yet")
+    return f"Step `{n}` is {what}. Its instruction: {say}.\nWrite " + "; ".join(fields) + f".\nJSON: {shape}"
+
+# %% ../nbs/02_generate.ipynb #0b7c2307
+def _branch_task(G, h, edges):
+    "What to ask a teacher about the branches `edges` (out of node `h`) that have no user lines."
+    prev = [p for p in G.predecessors(h) if G.nodes[p].get("say")]
+    before = f" after the assistant's step {json.dumps(G.nodes[prev[0]]['say'])}" if prev else ""
+    listing = "\n".join(f"{k}. {e.get('when') or 'otherwise'}" for k, (_, _, e) in enumerate(edges, 1))
+    want = ", ".join(f'"{k}": ["...", "...", "..."]' for k in range(1, len(edges) + 1))
+    return (f"Here the conversation branches on what the customer says next{before}. The branches:\n{listing}\n"
+            "For each branch write 3 different short messages the customer could send that clearly take that branch "
+            "and no other (use {slot} placeholders for customer details), and list new slots with 4 values each.\n"
+            f'JSON: {{"branches": {{{want}}}, "slots": {{}}}}')
+
+def _top_task(G, need):
+    "What to ask a teacher about the workflow's own fields `need` (agent, personas, openers, slots)."
+    stand = [k for k, v in (G.graph.get("slots") or {}).items() if _stand_in(v)]
+    parts = {"agent": '"agent": one line, the assistant\'s whole system prompt at run time: who it is, whom it helps',
+             "personas": '"personas": 4 short customer styles (e.g. "impatient", "confused first-time user")',
+             "openers": '"openers": 3 first messages a customer might send to start this conversation',
+             "slots": f'"slots": 4 realistic values for each of these slots: {", ".join(stand)} (name -> list)'}
+    return ("Write the assistant's setup: " + "; ".join(parts[k] for k in need) + ".\nJSON: {" +
+            ", ".join(f'"{k}": ...' for k in need) + "}")
+
+# %% ../nbs/02_generate.ipynb #3e1fcf41
+def _merge_slots(G, slots):
+    "Add a teacher's slots to `G`: values of a new slot, or of one that had stand-ins, else more values (8 at most)."
+    if not slots: return
+    have = G.graph.setdefault("slots", {})
+    for k, vals in slots.items():
+        cur = have.get(k)
+        if cur is None or _stand_in(cur): have[k] = list(dict.fromkeys(vals))[:8]
+        elif isinstance(cur, list): have[k] = list(dict.fromkeys(cur + vals))[:8]
+
+def _node_ask(G, n, seed):
+    "The drafting task of node `n`: the say (where missing) and examples of one speaking step."
+    d = G.nodes[n]; slots = G.graph.get("slots") or {}
+    say = d.get("say") or _plain(n).capitalize()
+    lines = agent_lines(say, d["type"], d.get("outcome", "success"), slots, f"{seed}:{n}")
+    tmpl = dict(say=say, examples=lines, slots={})
+    def parse(text):
+        a = _json_answer(text); new = _check_slots(a.get("slots")); known = {**(G.graph.get("slots") or {}), **new}
+        out = dict(slots=new, examples=_check_lines(a.get("examples"), "examples", "agent", G, known))
+        if not d.get("say"):
+            s = a.get("say")
+            if not (isinstance(s, str) and s.strip() and len(s) <= 400): raise ValueError('"say" must be one sentence')
+            if (bad := [p for p in placeholders(s) if p not in known]):
+                raise ValueError(f'"say" uses {{{bad[0]}}}, which is not a slot')
+            out["say"] = " ".join(s.split())
+        return out
+    def apply(G, a):
+        _merge_slots(G, a.get("slots"))
+        if a.get("say") and not G.nodes[n].get("say"): G.nodes[n]["say"] = a["say"]
+        old = G.nodes[n].get("examples") or []
+        G.nodes[n]["examples"] = list(dict.fromkeys(old + a["examples"]))[:max(3, len(old))]
+    return dict(key=f"node {n!r}", task=lambda G: _node_task(G, n), template=json.dumps(tmpl), parse=parse, apply=apply)
+
+# %% ../nbs/02_generate.ipynb #4d1953df
+def _branch_ask(G, h, seed):
+    "The drafting task of the branches out of `h` that have no user lines."
+    edges = [(a, b, e) for a, b, e in G.out_edges(h, data=True) if not e.get("user")]
+    slots = G.graph.get("slots") or {}
+    tmpl = dict(branches={str(k): user_lines(e.get("when") or b, slots, f"{seed}:{h}:{b}")
+                          for k, (_, b, e) in enumerate(edges, 1)}, slots={})
+    def parse(text):
+        a = _json_answer(text); new = _check_slots(a.get("slots")); known = {**(G.graph.get("slots") or {}), **new}
+        br = a.get("branches")
+        if isinstance(br, list): br = {str(k): v for k, v in enumerate(br, 1)}
+        if not isinstance(br, dict): raise ValueError('"branches" must be an object: branch number -> list of messages')
+        keys = [str(k) for k in range(1, len(edges) + 1)]
+        return dict(slots=new, branches={k: _check_lines(br.get(k), f"branch {k}", "user", G, known) for k in keys})
+    def apply(G, a):
+        _merge_slots(G, a.get("slots"))
+        for k, (x, y, _) in enumerate(edges, 1): G.edges[x, y]["user"] = a["branches"][str(k)]
+    return dict(key=f"branches of {h!r}", task=lambda G: _branch_task(G, h, edges), template=json.dumps(tmpl),
+                parse=parse, apply=apply)
+
+# %% ../nbs/02_generate.ipynb #e48cdfe5
+_GENERIC_NAMES = {"mermaid", "langgraph", "workflow", "flowchart", ""}
+
+def _top_template(G, need, seed):
+    "The offline answer of the setup task: a generic agent line, personas, openers, values guessed from slot names."
+    topic = str(G.graph.get("name") or "").replace("_", " ").strip()
+    topic = "their request" if topic.lower() in _GENERIC_NAMES else topic
+    t = dict(agent=f"You are a friendly customer-service assistant who helps customers with {topic}.",
+             personas=random.Random(f"{seed}:top").sample(["decisive", "vague", "chatty", "skeptical", "impatient"], 4),
+             openers=["Hi, I need some help.", f"Hello, I have a question about {topic.replace('their ', 'my ')}.",
+                      "Hi there, can you help me?"],
+             slots={k: slot_values(k) for k, v in (G.graph.get("slots") or {}).items() if _stand_in(v)})
+    return {k: v for k, v in t.items() if k in need}
+
+def _top_parse(G, need, text):
+    "The checked answer of the setup task."
+    a, out = _json_answer(text), {}
+    if "agent" in need:
+        if not (isinstance(a.get("agent"), str) and a["agent"].strip()): raise ValueError('"agent" must be a string')
+        out["agent"] = " ".join(a["agent"].split())
+    if "personas" in need:
+        p = a.get("personas")
+        if not (isinstance(p, list) and 2 <= len(p) <= 8 and all(isinstance(x, str) and 0 < len(x) <= 60 for x in p)):
+            raise ValueError('"personas" must be a list of 2 to 8 short strings')
+        out["personas"] = p
+    out["slots"] = _check_slots(a.get("slots"))
+    if (miss := [k for k, v in (G.graph.get("slots") or {}).items() if _stand_in(v) and k not in out["slots"]]):
+        raise ValueError(f"slot {miss[0]!r}: give its values under \"slots\"")
+    if "openers" in need:
+        known = {**(G.graph.get("slots") or {}), **out["slots"]}
+        out["openers"] = _check_lines(a.get("openers"), "openers", "user", G, known)
+    return out
+
+# %% ../nbs/02_generate.ipynb #bf8f707a
+def _top_ask(G, seed):
+    "The drafting task of the workflow's missing fields (agent, personas, openers) and stand-in slots; None if none."
+    g = G.graph
+    need = [k for k in ("agent", "personas", "openers") if not g.get(k)]
+    need += ["slots"] if any(_stand_in(v) for v in (g.get("slots") or {}).values()) else []
+    if not need: return None
+    def apply(G, a):
+        _merge_slots(G, a.get("slots"))
+        G.graph.update({k: a[k] for k in ("agent", "personas", "openers") if k in a})
+    return dict(key="the workflow's setup", task=lambda G: _top_task(G, need), apply=apply,
+                template=json.dumps(_top_template(G, need, seed)), parse=lambda text: _top_parse(G, need, text))
+
+def draft_asks(G:nx.DiGraph, seed:int=0) -> list:
+    "The drafting tasks of `G`: each speaking step with under 2 examples, each hub with a branch without user lines."
+    talks = [n for n, d in G.nodes(data=True) if d["type"] in ("agent", "tool") or d["type"] == "end" and d.get("say")]
+    asks = [_node_ask(G, n, seed) for n in talks if len(G.nodes[n].get("examples") or []) < 2]
+    hubs = [h for h in G if G.nodes[h]["type"] == "decision" or G.out_degree(h) >= 2]
+    bare = [h for h in hubs if any(not e.get("user") for *_, e in G.out_edges(h, data=True))]
+    return asks + [_branch_ask(G, h, seed) for h in bare]
+
+# %% ../nbs/02_generate.ipynb #65046f58
+async def _draft_one(teacher, G, ask, run, tries):
+    "One drafting task: ask `teacher`, check the answer, and retry with the problem fed back; the checked answer."
+    msgs, problems = _draft_messages(G, ask["task"](G)), []
+    for a in range(tries):
+        held = await run.before_call()
+        ctx = dict(role="draft", node=ask["key"], lines=[ask["template"]], attempt=a)    # the template teacher's answer
+        try: r = await teacher.chat(msgs, context=ctx)
+        finally: run.release(held)
+        run.add(r)
+        try: return ask["parse"](r["text"])
+        except ValueError as e:
+            problems.append(str(e)); run.rejections["draft"] += 1
+            again = f"That answer is invalid: {e}. Reply with the corrected JSON object only."
+            msgs = msgs[:2] + [{"role": "assistant", "content": r["text"]}, {"role": "user", "content": again}]
+    raise TeacherError(f"no valid answer in {tries} tries (last: {problems[-1]})")
+
+# %% ../nbs/02_generate.ipynb #5ab928eb
+def _draft_note(teacher):
+    "What the drafted workflow says about where its lines came from."
+    if isinstance(teacher, TemplateTeacher):
+        return (f"Drafted offline by {teacher.id} from the flowchart's own labels: the lines are only as good as those "
+                "labels; review and edit them before compiling.")
+    return f"Drafted by {teacher.id}: review and edit the lines before compiling."
+
+async def adraft_workflow(G:nx.DiGraph, teacher, seed:int=0, concurrency:int=8, budget_tokens:int=None,
+                          budget_usd:float=None, prices=None, tries:int=3, progress:bool=True, warnings:list=None):
+    "Async `draft_workflow` (see there)."
+    validate_workflow(G)                                   # structurally sound (missing examples are why we are here)
+    D, W, run, sem = copy.deepcopy(G), [], _Run(budget_tokens, budget_usd, prices), asyncio.Semaphore(concurrency)
+    from tqdm.auto import tqdm
+    bar = tqdm(desc="draft", unit="part", total=0, disable=not progress, dynamic_ncols=True)
+    async def do(ask):
+        async with sem:
+            try: answer = await _draft_one(teacher, D, ask, run, tries)
+            except FatalTeacherError: raise
+            except (TeacherError, BudgetStop) as e:
+                answer = json.loads(ask["template"])
+                why = e if isinstance(e, TeacherError) else "the budget is spent"
+                W.append(f"{ask['key']}: {why}: drafted from its label instead")
+            ask["apply"](D, answer); bar.update(1)
+    tasks = []
+    try:
+        if (top := _top_ask(D, seed)): bar.total += 1; await do(top)
+        asks = draft_asks(D, seed); bar.total += len(asks); bar.refresh()
+        tasks = [asyncio.ensure_future(do(a)) for a in asks]
+        await asyncio.gather(*tasks)
+    finally:                                               # on a fatal error: stop the other tasks, then close
+        for t in tasks: t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        bar.close()
+        if hasattr(teacher, "aclose"): await teacher.aclose()
+    note = _draft_note(teacher)
+    D.graph["description"] = f"{D.graph['description']} ({note})" if D.graph.get("description") else note
+    W.append(note)
+    if warnings is not None: warnings += W
+    validate_workflow(D)
+    return D
+
+# %% ../nbs/02_generate.ipynb #ff2e1a62
+def draft_workflow(G:nx.DiGraph, # a workflow skeleton, e.g. from `from_mermaid` or `from_langgraph`
+                   teacher, # an `OpenAITeacher`, or a `TemplateTeacher` to draft offline from the labels
+                   seed:int=0, # seeds the offline drafts
+                   concurrency:int=8, # tasks in flight
+                   budget_tokens:int=None, # stop asking before the tokens pass this (the rest is drafted from labels)
+                   budget_usd:float=None, # the same in dollars (needs `prices`)
+                   prices=None, # (prompt, completion) dollars per million tokens
+                   tries:int=3, # attempts per task; an answer that does not parse is asked again with the problem
+                   progress:bool=True, # show a tqdm bar
+                   warnings:list=None # a list to append what the user should check to
+                  ) -> nx.DiGraph:
+    "A copy of `G` with what the YAML format holds filled in: say, examples, user lines, slots, personas, agent line."
+    return run_sync(adraft_workflow(G, teacher, seed, concurrency, budget_tokens, budget_usd, prices, tries, progress,
+                                    warnings))

@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"
+	PYTHONWARNINGS=ignore $(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"   # no setuptools banner about editable installs
 	touch $@
 
 install: $(STAMP)

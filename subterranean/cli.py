@@ -8,17 +8,18 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/cli.html.md"""
 from __future__ import annotations
 import argparse, dataclasses, json, os, sys, textwrap
 from pathlib import Path
-from .workflow import WorkflowError, load_workflow, validate_workflow, decision_hubs, draw_workflow
-from .paths import count_paths, acyclic_paths, paths_by_outcome
-from .generate import GenerateConfig
+from .workflow import (WorkflowError, load_workflow, validate_workflow, decision_hubs, draw_workflow,
+                                   import_workflow, save_workflow)
+from .paths import count_paths, acyclic_paths, paths_by_outcome, workflow_summary
+from .generate import GenerateConfig, draft_workflow
 from .pipeline import (RunError, Interrupted, EvalConfig, BACKENDS, stage, quiet_libraries, find_endpoint,
                                    check_endpoint, make_teacher, teacher_name, generate_stage, gen_line, train_config,
                                    train_stage, train_line, evaluate_stage, eval_line, compile_workflow, unsloth_first)
 
 # %% auto #0
 __all__ = ['PICTURES', 'HEAVY', 'config_args', 'config_from_args', 'set_options', 'cmd_validate', 'cmd_draw', 'cmd_paths',
-           'cmd_generate', 'cmd_train', 'model_and_workflow', 'cmd_chat', 'cmd_evaluate', 'cmd_compile', 'build_parser',
-           'main']
+           'cmd_generate', 'cmd_import', 'cmd_draft', 'cmd_train', 'model_and_workflow', 'cmd_chat', 'cmd_evaluate',
+           'cmd_compile', 'build_parser', 'main']
 
 # %% ../nbs/07_cli.ipynb #f8920d16
 def _err(*lines):
@@ -140,6 +141,37 @@ def cmd_generate(args) -> int:
     with stage("generate", out): s = generate_stage(G, out, gen, make_teacher(ep, gen.seed), not args.quiet)
     _say(gen_line(s) + f"; {s['prompt_tokens'] + s['completion_tokens']:,} tokens, ${s['cost_usd']:.4f}")
     _say(f"wrote {out/'data'} (train/eval), {out/'conversations.jsonl'}, {out/'generation.json'}, {out/'coverage.png'}")
+    return 0
+
+# %% ../nbs/07_cli.ipynb #701ef465
+def cmd_import(args) -> int:
+    "Read a Mermaid flowchart or a LangGraph graph into a workflow skeleton (YAML) at --out."
+    G, notes = import_workflow(args.source, name=args.name)
+    _err(*(f"warning: {n}" for n in notes))
+    out = Path(args.out or f"{G.graph.get('name')}.yaml")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_workflow(G, out)
+    s = workflow_summary(G)
+    types = ", ".join(f"{t} {k}" for t, k in s["types"].items() if k)
+    _say(f"imported {args.source}: {s['nodes']} nodes ({types}), {s['paths']:,} paths -> {out}")
+    _say(f"next: review it, then subterranean draft {out} --out {out.with_suffix('')}.draft.yaml")
+    return 0
+
+# %% ../nbs/07_cli.ipynb #56ad9b56
+def cmd_draft(args) -> int:
+    "Fill in a workflow skeleton (a YAML file, or any source `import` reads) with a teacher; the draft goes to --out."
+    notes = []
+    src = str(args.file)
+    G = load_workflow(src) if src.endswith((".yaml", ".yml")) else import_workflow(src)[0]
+    gen, ep = _generate_config(args), _endpoint(args)
+    with stage("draft", args.out):
+        D = draft_workflow(G, make_teacher(ep, gen.seed), seed=gen.seed, concurrency=gen.concurrency, budget_tokens=gen.budget_tokens,
+                           budget_usd=gen.budget_usd, prices=gen.prices, progress=not args.quiet, warnings=notes)
+    _err(*(f"warning: {n}" for n in notes))
+    out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
+    save_workflow(D, out)
+    _say(f"drafted {src} with {teacher_name(ep, gen.seed)} -> {out}; review it, then: "
+         f"subterranean compile {out} --out runs/{D.graph.get('name')}")
     return 0
 
 # %% ../nbs/07_cli.ipynb #f666019b
@@ -275,6 +307,27 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--max-loops", type=int, default=0, metavar="K", help="a path may visit a node up to K+1 times")
     pa.add_argument("--count", action="store_true", help="print the number of paths only")
     pa.set_defaults(func=cmd_paths)
+    im = _sub(sub, "import", "read a Mermaid flowchart or a LangGraph graph into a workflow skeleton",
+              "Read a flowchart people already have into a workflow skeleton (YAML): a Mermaid flowchart (.mmd, or the first "
+              "```mermaid flowchart of a .md file) or a LangGraph StateGraph (FILE.py:ATTR or package.module:ATTR, needs the "
+              "langgraph extra). What is guessed (end outcomes, tool steps) is printed as warnings to check. Then `draft` it.",
+              "subterranean import docs/support.mmd --out workflows/support.yaml\n"
+              "subterranean import docs/README.md --out flow.yaml                  # the first mermaid flowchart block\n"
+              "subterranean import agents/support.py:graph --out support.yaml      # a LangGraph StateGraph")
+    im.add_argument("source", metavar="FLOWCHART", help="a .mmd/.md file, FILE.py:ATTR or package.module:ATTR")
+    im.add_argument("--out", metavar="FILE", help="the workflow YAML to write (default: NAME.yaml)")
+    im.add_argument("--name", help="the workflow's name (default: the flowchart's title or the file name)")
+    im.set_defaults(func=cmd_import)
+    dr = _sub(sub, "draft", "fill in a workflow skeleton: examples, user lines, slots, personas",
+              "Ask a teacher to write what a workflow skeleton lacks: 2-3 example lines per step, 2-3 user lines per branch, "
+              "the slots they use, personas and the agent line. With an endpoint it runs concurrently within a budget; "
+              "offline (the default) it drafts from the labels themselves. Review the draft, then compile it.",
+              "subterranean draft workflows/support.yaml --out support.draft.yaml                      # offline, from the labels\n"
+              "subterranean draft docs/support.mmd --out support.draft.yaml --model gpt-4.1-mini --budget-usd 0.5 --prices 0.4,1.6")
+    dr.add_argument("file", metavar="FILE", help="a workflow YAML (or a flowchart `import` reads)")
+    dr.add_argument("--out", required=True, metavar="FILE", help="the drafted workflow YAML")
+    config_args(dr, GenerateConfig, "drafting", skip=("n", "max_loops", "eval_frac"))
+    _endpoint_args(dr); _common(dr); dr.set_defaults(func=cmd_draft)
     g = _sub(sub, "generate", "generate training conversations along a workflow's paths",
              "Generate conversations that walk every node and edge of the workflow: DIR/conversations.jsonl (a cache: rerun "
              "the same command to resume), DIR/data (train/eval split, held out by path), DIR/generation.json, DIR/coverage.png.",
@@ -323,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/07_cli.ipynb #aef71986
-HEAVY = ("generate", "train", "chat", "evaluate", "compile")
+HEAVY = ("generate", "train", "chat", "evaluate", "compile", "draft")
 
 def _library_error(e) -> str|None:
     "The one line for an error the library raises on purpose (its message names the cause), else None."

@@ -15,7 +15,7 @@ ROOT = Path(__file__).parent.parent
 TRAVEL = ROOT/"workflows"/"travel_booking.yaml"
 SMALL = ["-n", 12, "--epochs", 1, "--set", "tiny_hidden=64", "--set", "tiny_layers=2", "--eval-n", 1, "--max-new-tokens", 8]
 STAGES = ["validate", "generate", "train", "evaluate", "report"]
-COMMANDS = ["validate", "draw", "paths", "generate", "train", "chat", "evaluate", "compile"]
+COMMANDS = ["validate", "draw", "paths", "import", "draft", "generate", "train", "chat", "evaluate", "compile"]
 
 def _env(**kw):
     e = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}   # no endpoint unless a test names one
@@ -175,6 +175,22 @@ def test_compile_networkx_workflow(tmp_path):
     p2 = cli("compile", f, "--out", d, *SMALL[:-2], "--max-new-tokens", 6, "--quiet")
     lines = stage_lines(p2.stdout)
     assert p2.returncode == 0 and all("skipped" in l for l in lines[:3]) and not any("skipped" in l for l in lines[3:]), lines
+
+# ---- (3) a flowchart someone else drew: import, draft offline, compile ------------------------------------------
+
+def test_flowchart_import_draft_compile(tmp_path):
+    src = ROOT/"tests"/"flowcharts"/"it_helpdesk.mmd"
+    p = cli("import", src, "--out", tmp_path/"it.yaml")
+    assert p.returncode == 0 and p.stdout.startswith(f"imported {src}: ") and "warning: " in p.stderr, p.stderr[-2000:]
+    p = cli("draft", tmp_path/"it.yaml", "--out", tmp_path/"it.draft.yaml", "--quiet")
+    assert p.returncode == 0 and "review it" in p.stdout, p.stderr[-2000:]
+    assert cli("validate", tmp_path/"it.draft.yaml").returncode == 0
+    p = cli("compile", tmp_path/"it.draft.yaml", "--out", tmp_path/"run", *SMALL, "--quiet")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rep = json.loads((tmp_path/"run"/"report.json").read_text())
+    assert rep["generation"]["node_coverage"] == 1.0 and rep["generation"]["conversations"] == 12
+    p = cli("import", tmp_path/"missing.mmd", "--out", tmp_path/"x.yaml")
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1 and "missing.mmd" in p.stderr, p.stderr
 
 # ---- generation through an endpoint: Ctrl-C, then the same command resumes from the cache ---------------------
 

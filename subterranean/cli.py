@@ -15,17 +15,20 @@ from .generate import GenerateConfig, draft_workflow
 from .pipeline import (RunError, Interrupted, EvalConfig, BACKENDS, stage, quiet_libraries, find_endpoint,
                                    check_endpoint, make_teacher, teacher_name, generate_stage, gen_line, train_config,
                                    train_stage, train_line, evaluate_stage, eval_line, compile_workflow, unsloth_first)
+from .distributed import is_main_process, rank, launch_command
 
 # %% auto #0
-__all__ = ['PICTURES', 'HEAVY', 'config_args', 'config_from_args', 'set_options', 'cmd_validate', 'cmd_draw', 'cmd_paths',
-           'cmd_generate', 'cmd_import', 'cmd_draft', 'cmd_train', 'model_and_workflow', 'cmd_chat', 'cmd_evaluate',
-           'cmd_compile', 'build_parser', 'main']
+__all__ = ['PICTURES', 'LAUNCHED', 'HEAVY', 'config_args', 'config_from_args', 'set_options', 'cmd_validate', 'cmd_draw',
+           'cmd_paths', 'cmd_generate', 'cmd_import', 'cmd_draft', 'cmd_train', 'model_and_workflow', 'cmd_chat',
+           'cmd_evaluate', 'cmd_compile', 'build_parser', 'relaunch', 'main']
 
 # %% ../nbs/07_cli.ipynb #f8920d16
 def _err(*lines):
     for l in lines: print(l, file=sys.stderr, flush=True)
 
-def _say(*a, **kw): print(*a, **kw, flush=True)
+def _say(*a, **kw):
+    "A line of output, from the main process of a launch only (the only process without one)."
+    if is_main_process(): print(*a, **kw, flush=True)
 
 # %% ../nbs/07_cli.ipynb #69046c7f
 def _tname(f) -> str:
@@ -178,7 +181,8 @@ def cmd_draft(args) -> int:
 def _train_options(args) -> dict:
     "The training options given on the command line: the flags, then `--set` pairs."
     from subterranean.train import CompileConfig
-    return {**config_from_args(CompileConfig, args), **set_options(getattr(args, "set", None), CompileConfig)}
+    preset = {"preset": args.preset} if getattr(args, "preset", None) else {}
+    return {**preset, **config_from_args(CompileConfig, args), **set_options(getattr(args, "set", None), CompileConfig)}
 
 def cmd_train(args) -> int:
     "Fine-tune a model on the conversations in DATA_DIR into --out."
@@ -246,7 +250,7 @@ def cmd_compile(args) -> int:
     ev = EvalConfig(**config_from_args(EvalConfig, args))
     rep = compile_workflow(args.file, args.out, gen, train, ev, _endpoint(args, needed=False), args.force,
                            progress=not args.quiet, verbose=args.verbose, log=_say)
-    _say("", rep["markdown"], sep="\n")
+    if rep is not None: _say("", rep["markdown"], sep="\n")       # None in the other processes of a launch
     return 0
 
 # %% ../nbs/07_cli.ipynb #c0f75c30
@@ -272,6 +276,13 @@ def _train_args(p, skip=("output_dir", "workflow")):
     from subterranean.train import CompileConfig
     g = config_args(p, CompileConfig, "training (CompileConfig; on a CPU the tiny backend starts from TINY_DEFAULTS, these override)", skip)
     g.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any CompileConfig field, e.g. --set tiny_hidden=128 (repeatable)")
+    from subterranean.train import PRESETS
+    from subterranean.distributed import CONFIGS
+    g.add_argument("--preset", choices=tuple(PRESETS), help="a named recipe under the other options: paper (full fine-tuning, "
+                   "lr 2e-5, cosine, 8-bit AdamW, global batch 16), paper-8b (the same sharded over GPUs, global batch 32)")
+    d = p.add_argument_group("several GPUs (or CPU processes): the same command under accelerate launch")
+    d.add_argument("--distributed", metavar="CONFIG", help=f"an accelerate config: {', '.join(CONFIGS)} (packaged) or a YAML file")
+    d.add_argument("--processes", type=int, metavar="N", help="processes for --distributed (default: one per CUDA GPU)")
 
 def _common(p):
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars (stage lines only)")
@@ -375,6 +386,26 @@ def build_parser() -> argparse.ArgumentParser:
     _endpoint_args(k, "teacher and judge"); _common(k); k.set_defaults(func=cmd_compile)
     return p
 
+# %% ../nbs/07_cli.ipynb #1c4235f7
+def _err_once(*lines, same_everywhere:bool=True):
+    "Error lines: from the main process only when every process meets the same error, else from each, naming it."
+    if is_main_process(): _err(*lines)
+    elif not same_everywhere: _err(*(f"[process {rank()}] {l}" for l in lines))
+
+# %% ../nbs/07_cli.ipynb #c36ccde6
+LAUNCHED = "SUBTERRANEAN_LAUNCHED"
+
+def relaunch(config:str, # a packaged accelerate config (ddp, fsdp, zero3, zero3-offload) or a YAML file
+             argv:list, # this command line
+             processes:int=None # how many processes (default: one per CUDA GPU)
+            ) -> int:
+    "Run `subterranean ARGV` again under `accelerate launch` with `config`; its exit status."
+    import shlex, subprocess
+    try: cmd = launch_command(config, argv, processes)
+    except (FileNotFoundError, ValueError) as e: raise RunError(f"--distributed: {e}", 2) from None
+    _say("launching: accelerate launch " + shlex.join(cmd[3:]))
+    return subprocess.call(cmd, env={**os.environ, LAUNCHED: "1"})
+
 # %% ../nbs/07_cli.ipynb #aef71986
 HEAVY = ("generate", "train", "chat", "evaluate", "compile", "draft")
 
@@ -393,19 +424,22 @@ def main(argv=None) -> int:
     "The `subterranean` console script."
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     p = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     args = p.parse_args(argv)
     if not getattr(args, "func", None): p.print_help(sys.stderr); return 2
+    if args.command not in ("train", "compile") and not is_main_process(): return 0    # the main process does it
     try:
+        if getattr(args, "distributed", None) and not os.environ.get(LAUNCHED): return relaunch(args.distributed, argv, args.processes)
         with stage(args.command):
             if args.command in ("train", "compile"): unsloth_first(getattr(args, "backend", "auto"))
             with quiet_libraries(getattr(args, "verbose", False) or args.command not in HEAVY): return args.func(args) or 0
-    except RunError as e: _err(f"error: {e}"); return e.code
-    except WorkflowError as e: _err(*e.problems); return 1
-    except Interrupted as e: _err(f"error: {e}"); return 1
+    except RunError as e: _err_once(f"error: {e}", same_everywhere=e.code == 2); return e.code
+    except WorkflowError as e: _err_once(*e.problems); return 1
+    except Interrupted as e: _err_once(f"error: {e}"); return 1
     except Exception as e:
         line = _library_error(e)
         if line is None: raise
-        _err("error: " + " ".join(line.split())); return 1
+        _err_once("error: " + " ".join(line.split()), same_everywhere=False); return 1
 
 # %% ../nbs/07_cli.ipynb #76d30928
 if __name__ == "__main__" and "ipykernel" not in sys.modules: sys.exit(main())   # `python -m subterranean.cli`, not a notebook

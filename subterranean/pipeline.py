@@ -15,6 +15,7 @@ from .workflow import (WorkflowError, load_workflow, validate_workflow, decision
                                    draw_workflow, save_workflow, workflow_from_dict, read_yaml)
 from .paths import count_paths, paths_by_outcome, heldout_scenarios
 from .generate import GenerateConfig
+from .distributed import is_main_process, share
 
 # %% auto #0
 __all__ = ['NOISY_LOGGERS', 'OPENAI_URL', 'DEFAULT_MODEL', 'BACKENDS', 'STAGES', 'RUN_FILES', 'STAGE_FUNCS', 'RunError',
@@ -192,6 +193,9 @@ def check_backend(backend:str="auto") -> str:
         raise RunError("backend unsloth needs a CUDA GPU and none is present: use --backend tiny (a small model trained "
                        "from scratch, for CPU demos) or --backend hf (transformers + PEFT LoRA)", 2)
     resolved = ("unsloth" if cuda else "tiny") if backend == "auto" else backend
+    from subterranean.train import CompileError, check_processes
+    try: check_processes(resolved)
+    except CompileError as e: raise RunError(("backend auto means unsloth on a CUDA GPU; " if backend == "auto" else "") + str(e), 2) from None
     if resolved == "unsloth" and importlib.util.find_spec("unsloth") is None:
         raise RunError("backend unsloth needs Unsloth, which is not installed: pip install 'subterranean-compiler[gpu]', "
                        "or use --backend hf", 2)
@@ -210,15 +214,22 @@ def unsloth_first(backend:str="auto") -> bool:
 
 # %% ../nbs/06_pipeline.ipynb #708760fa
 def train_config(backend:str="auto", # auto | tiny | hf | unsloth
+                 preset:str=None, # a named recipe under the options (see `PRESETS`): paper, paper-8b
                  **options # any `CompileConfig` field
                 ):
-    "The `CompileConfig` for this machine: the backend resolved, TINY_DEFAULTS under `options` for the tiny backend."
-    from subterranean.train import CompileConfig, TINY_DEFAULTS
+    "The `CompileConfig` for this machine: the backend resolved, TINY_DEFAULTS or a preset under `options`."
+    from subterranean.train import CompileConfig, TINY_DEFAULTS, PRESETS
     resolved = check_backend(backend)
     names = {f.name for f in dataclasses.fields(CompileConfig)}
     bad = sorted(set(options) - names)
     if bad: raise RunError(f"unknown training option(s) {', '.join(bad)}: use CompileConfig fields ({', '.join(sorted(names))})", 2)
     kw = dict(TINY_DEFAULTS) if resolved == "tiny" else {}
+    if preset is not None:
+        if preset not in PRESETS: raise RunError(f"preset {preset!r}: use one of {', '.join(PRESETS)}", 2)
+        if resolved == "tiny":
+            raise RunError(f"preset {preset} is a recipe for a pretrained model: use --backend hf (or unsloth on a GPU) "
+                           "with --base-model; the tiny backend trains from scratch with TINY_DEFAULTS", 2)
+        kw.update(PRESETS[preset])
     kw.update(options)
     if isinstance(kw.get("save_as"), str): kw["save_as"] = (kw["save_as"],)
     if "save_as" in kw: kw["save_as"] = tuple(kw["save_as"])
@@ -234,14 +245,18 @@ def train_stage(data, # a DatasetDict with train and eval splits (or the folder 
                ) -> dict:
     "Compile the conversations into a model in `model_dir`; the training metrics (without the log history)."
     import math
-    from subterranean.train import compile_model
+    from subterranean.train import compile_model, batch_plan
     sp = data if hasattr(data, "keys") else load_data(data)
     cfg = dataclasses.replace(cfg, output_dir=str(model_dir))
-    steps = math.ceil(len(sp["train"]) / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
-    if log: log(f"  training on {len(sp['train'])} conversations ({len(sp['eval'])} held out): backend {cfg.backend}"
-                + ("" if cfg.backend == "tiny" else f", base model {cfg.base_model}")
-                + f", {cfg.epochs:g} epochs, about {math.ceil(steps)} steps")
-    m = compile_model(sp["train"], cfg, sp["eval"] if len(sp["eval"]) else None, G, progress=progress)
+    b = batch_plan(cfg)
+    steps = math.ceil(len(sp["train"]) / b["global_batch"]) * cfg.epochs
+    split = f" ({b['batch_size']} per device x {b['grad_accum']} accumulated x {b['processes']} processes)"
+    if log and is_main_process():
+        log(f"  training on {len(sp['train'])} conversations ({len(sp['eval'])} held out): backend {cfg.backend}"
+            + ("" if cfg.backend == "tiny" else f", base model {cfg.base_model}")
+            + f", {cfg.epochs:g} epochs, global batch {b['global_batch']}" + (split if b["global_batch"] > b["batch_size"] else "")
+            + f", about {math.ceil(steps)} steps")
+    m = compile_model(sp["train"], cfg, sp["eval"] if len(sp["eval"]) else None, G, progress=progress and is_main_process())
     return {k: v for k, v in m.items() if k != "log_history"}
 
 def train_line(m:dict) -> str:
@@ -249,7 +264,8 @@ def train_line(m:dict) -> str:
     best = f", best eval loss {m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else ""
     first, last = m.get("train_loss_first"), m.get("train_loss_last")
     loss = f", loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else ""
-    return f"backend {m['backend']}, {m['steps']} steps in {m['train_s']:.0f} s{loss}{best}"
+    on = f" on {m['processes']} processes" if m.get("processes", 1) > 1 else ""
+    return f"backend {m['backend']}{on}, {m['steps']} steps in {m['train_s']:.0f} s{loss}{best}"
 
 # %% ../nbs/06_pipeline.ipynb #4a73c2ac
 @dataclass
@@ -449,6 +465,13 @@ def read_workflow(workflow) -> tuple:
     G = load_workflow(workflow)
     return G, str(workflow), Path(workflow).read_text(encoding="utf-8")
 
+# %% ../nbs/06_pipeline.ipynb #f8a67699
+def _train_beside(workflow, out, cfg):
+    "A process other than the main one in a compile: wait for the main one's data, then train beside it; None."
+    G = read_workflow(workflow)[0]
+    if share(None): train_stage(Path(out)/"data", Path(out)/"model", cfg, G, progress=False, log=None)
+    return None
+
 # %% ../nbs/06_pipeline.ipynb #5c13380e
 def _config(cls, value):
     "A config of class `cls` from None (its defaults), a dict of its fields, or itself."
@@ -471,7 +494,9 @@ def compile_workflow(workflow, # a workflow file, its YAML text, or a networkx D
     "Every stage from a workflow to an evaluated model in `out`, resuming what is done; the report (report.json, plus markdown)."
     cfg = train_config(**train) if isinstance(train, dict) else train or train_config()
     unsloth_first(cfg.backend)                        # before anything loads transformers
-    with quiet_libraries(verbose): return _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log)
+    with quiet_libraries(verbose):
+        if not is_main_process(): return _train_beside(workflow, out, cfg)
+        return _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log)
 
 def _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log):
     say = log or (lambda *a, **k: None)
@@ -493,6 +518,7 @@ def _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, 
     save_run(out, run)
     ctx = dict(text=text, generate=gen, train=cfg, evaluate=ev, endpoint=endpoint, progress=progress, log=log, run=run)
     for i, s in enumerate(STAGES, 1):
+        if s == "train": share(bool(why[s]))          # the other processes of a launch wait here, then train beside this one
         head = f"[{i}/{len(STAGES)}] {s}"
         if not why[s]: say(f"{head}: done already ({run['stages'][s]['summary']}), skipped"); continue
         say(f"{head} ... ({why[s]})")

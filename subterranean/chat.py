@@ -93,7 +93,7 @@ def _encode(agent, messages):
 
 def _gen_kw(agent, enc):
     tok = agent.tokenizer
-    from .train import stop_token_ids   # the chat template's end of turn: a reply stops where a turn ends
+    from subterranean.train import stop_token_ids   # the chat template's end of turn: a reply stops where a turn ends
     kw = dict(**enc, max_new_tokens=agent.max_new_tokens, do_sample=agent.temperature > 0,
               pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
     if stop_token_ids(tok): kw["eos_token_id"] = stop_token_ids(tok)

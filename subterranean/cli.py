@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse, dataclasses, json, os, sys, textwrap
 from pathlib import Path
 from .workflow import (WorkflowError, load_workflow, validate_workflow, decision_hubs, draw_workflow,
-                                   import_workflow, save_workflow)
+                                   save_workflow)
+from .importers import import_workflow
 from .paths import count_paths, acyclic_paths, paths_by_outcome, workflow_summary
 from .generate import GenerateConfig, draft_workflow
 from .pipeline import (RunError, Interrupted, EvalConfig, ResumeConfig, BACKENDS, stage, quiet_libraries, find_endpoint,

@@ -1,4 +1,4 @@
-"""A procedure as a `networkx.DiGraph`: build it, save and load it as YAML, validate it, draw it, and turn it into a prompt.
+"""A procedure as a `networkx.DiGraph`: build it, save and load it as YAML, validate it, draw it, prompt with it.
 
 Docs: https://subterranean-ai.github.io/subterranean-compiler/workflow.html.md"""
 
@@ -80,14 +80,16 @@ def _check_graph_fields(G):
     "Problems with the top-level fields in `G.graph`; returns (problems, warnings, slot names, knowledge ids)."
     P, W, g = [], [], G.graph
     for k in g:
-        if k not in TOP_FIELDS and k != "source": P.append(f"unknown top-level field {_show(k)} (known: {', '.join(TOP_FIELDS)})")
+        if k not in TOP_FIELDS and k != "source": P.append(f"unknown top-level field {_show(k)} (known: "
+                                                           f"{', '.join(TOP_FIELDS)})")
     if "format" in g and g["format"] != 1: P.append(f"format must be 1, got {_show(g['format'])}")
     for k in ("name", "description", "agent", "start"):
         if k in g and not isinstance(g[k], str): P.append(f"{k} must be a string, got {_show(g[k])}")
     if not isinstance(g.get("agent"), str) or not g.get("agent", "").strip():
         W.append("no `agent` line: the compiled model's system prompt will be empty")
     for k in ("openers", "personas"):
-        if k in g and not (_strlist(g[k]) and g[k]): P.append(f"{k} must be a non-empty list of strings, got {_show(g[k])}")
+        if k in g and not (_strlist(g[k]) and g[k]): P.append(f"{k} must be a non-empty list of strings, got "
+                                                              f"{_show(g[k])}")
     slots = g.get("slots") or {}
     if not isinstance(slots, dict):
         P.append(f"slots must be a mapping of slot name to spec, got {_show(slots)}"); slots = {}
@@ -98,7 +100,8 @@ def _check_graph_fields(G):
     kn, ids = g.get("knowledge") or [], set()
     if not isinstance(kn, list): P.append(f"knowledge must be a list of {{id, text}}, got {_show(kn)}"); kn = []
     for i, k in enumerate(kn):
-        if not (isinstance(k, dict) and set(k) == {"id", "text"} and isinstance(k["id"], str) and isinstance(k["text"], str)):
+        if not (isinstance(k, dict) and set(k) == {"id", "text"} and isinstance(k["id"], str)
+                and isinstance(k["text"], str)):
             P.append(f"knowledge[{i}] must be {{id: str, text: str}}, got {_show(k)}"); continue
         if k["id"] in ids: P.append(f"knowledge id {k['id']!r} is declared twice")
         ids.add(k["id"])
@@ -114,27 +117,38 @@ def _check_node(G, n, d, slots, kids):
     "Problems and warnings of node `n` with attributes `d`."
     P, W, at = [], [], f"node {_show(n)}"
     t = d.get("type")
-    if t not in TYPES: return [f"{at}: unknown type {_show(t)} (known: {', '.join(TYPES)})" if "type" in d else f"{at}: missing type"], W
+    if t not in TYPES:
+        return [f"{at}: unknown type {_show(t)} (known: {', '.join(TYPES)})" if "type" in d
+                else f"{at}: missing type"], W
     for k in d:
-        if k not in NODE_FIELDS[t]: P.append(f"{at}: unknown field {_show(k)} for a {t} node (allowed: {', '.join(NODE_FIELDS[t])})")
+        if k not in NODE_FIELDS[t]: P.append(f"{at}: unknown field {_show(k)} for a {t} node (allowed: "
+                                             f"{', '.join(NODE_FIELDS[t])})")
     if "say" in d and not isinstance(d["say"], str): P.append(f"{at}: say must be a string, got {_show(d['say'])}")
     ex = d.get("examples")
-    if "examples" in d and not _strlist(ex): P.append(f"{at}: examples must be a list of strings, got {_show(ex)}"); ex = None
+    if "examples" in d and not _strlist(ex):
+        P.append(f"{at}: examples must be a list of strings, got {_show(ex)}"); ex = None
     if "knowledge" in d:
-        if not _strlist(d["knowledge"]): P.append(f"{at}: knowledge must be a list of knowledge ids, got {_show(d['knowledge'])}")
-        else: P += [f"{at}: knowledge id {k!r} is not declared in the top-level knowledge" for k in d["knowledge"] if k not in kids]
+        if not _strlist(d["knowledge"]): P.append(f"{at}: knowledge must be a list of knowledge ids, got "
+                                                  f"{_show(d['knowledge'])}")
+        else:
+            P += [f"{at}: knowledge id {k!r} is not declared in the top-level knowledge" for k in d["knowledge"]
+                  if k not in kids]
     P += _check_ph(([d["say"]] if isinstance(d.get("say"), str) else []) + (ex or []), slots, at)
-    if t in ("agent", "tool") and not ex: W.append(f"{at}: {'an' if t == 'agent' else 'a'} {t} node without examples (the offline teacher has nothing to say)")
+    if t in ("agent", "tool") and not ex:
+        W.append(f"{at}: {'an' if t == 'agent' else 'a'} {t} node without examples (the offline teacher has nothing to "
+                 "say)")
     if t == "end":
         if d.get("outcome") not in OUTCOMES:
-            P.append(f"{at}: end node needs an outcome in {{{', '.join(OUTCOMES)}}}, got {_show(d.get('outcome'))}" if "outcome" in d
+            P.append(f"{at}: end node needs an outcome in {{{', '.join(OUTCOMES)}}}, got {_show(d.get('outcome'))}"
+                     if "outcome" in d
                      else f"{at}: end node without an outcome (one of {', '.join(OUTCOMES)})")
         if G.out_degree(n): P.append(f"{at}: end node has successors {_show(list(G.successors(n)))}")
     elif G.out_degree(n) == 0: P.append(f"{at}: dead end: a {t} node with no next step (only end nodes may stop)")
     if t == "decision":
         if G.out_degree(n) < 2: P.append(f"{at}: a decision needs at least 2 branches, has {G.out_degree(n)}")
         for _, m, e in G.out_edges(n, data=True):
-            if not (isinstance(e.get("when"), str) and e["when"].strip()): P.append(f"edge {_show(n)} -> {_show(m)}: a decision branch without `when`")
+            if not (isinstance(e.get("when"), str) and e["when"].strip()): P.append(f"edge {_show(n)} -> {_show(m)}: a "
+                                                                                    "decision branch without `when`")
             if not e.get("user"): W.append(f"edge {_show(n)} -> {_show(m)}: a decision branch without user lines")
     return P, W
 
@@ -144,7 +158,8 @@ def _check_edge(G, a, b, e, slots):
     for k in e:
         if k not in EDGE_FIELDS: P.append(f"{at}: unknown field {_show(k)} (allowed: to, {', '.join(EDGE_FIELDS)})")
     if "when" in e and not isinstance(e["when"], str): P.append(f"{at}: when must be a string, got {_show(e['when'])}")
-    if "user" in e and not _strlist(e["user"]): P.append(f"{at}: user must be a list of strings, got {_show(e['user'])}")
+    if "user" in e and not _strlist(e["user"]):
+        P.append(f"{at}: user must be a list of strings, got {_show(e['user'])}")
     elif "user" in e: P += _check_ph(e["user"], slots, at)
     if isinstance(e.get("when"), str): P += _check_ph([e["when"]], slots, at)
     P += [f"{at}: unknown node {_show(x)}" for x in dict.fromkeys((a, b)) if not G.nodes[x]]
@@ -158,17 +173,20 @@ def validate_workflow(G:nx.DiGraph, # the workflow
     "Check `G`; raise one `WorkflowError` listing every problem, else return the list of warnings."
     P, W, slots, kids = _check_graph_fields(G)
     P, W = [(None, p) for p in P], [(None, w) for w in W]      # (node the problem is about, problem)
-    P += [(None, p) for p in _check_ph(G.graph.get("openers") if _strlist(G.graph.get("openers")) else [], slots, "openers")]
+    P += [(None, p) for p in _check_ph(G.graph.get("openers") if _strlist(G.graph.get("openers")) else [], slots,
+                                       "openers")]
     P += [(None, f"node {_show(n)}: node ids must be strings") for n in G.nodes if not isinstance(n, str)]
     known = [n for n, d in G.nodes(data=True) if d]      # nodes created only by an edge have no attributes
-    P += [(n, f"node {_show(n)}: missing type (a node without attributes)") for n in G if not G.nodes[n] and not G.degree(n)]
+    P += [(n, f"node {_show(n)}: missing type (a node without attributes)") for n in G if not G.nodes[n]
+          and not G.degree(n)]
     for n in known:
         p, w = _check_node(G, n, G.nodes[n], slots, kids); P += [(n, x) for x in p]; W += [(n, x) for x in w]
     for a, b, e in G.edges(data=True): P += [(a, x) for x in _check_edge(G, a, b, e, slots)]
     if not known: P.append((None, "the workflow has no nodes"))
     start = G.graph.get("start")
     if start is None: P.append((None, "missing start (the id of the first node)"))
-    elif not isinstance(start, str) or start not in G or not G.nodes[start]: P.append((None, f"start {_show(start)} is not a node"))
+    elif not isinstance(start, str) or start not in G or not G.nodes[start]:
+        P.append((None, f"start {_show(start)} is not a node"))
     else:
         seen = nx.descendants(G, start) | {start}
         P += [(n, f"node {_show(n)}: unreachable from start {start!r}") for n in known if n not in seen]
@@ -192,7 +210,8 @@ class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data): return True
 
 def _repr_list(dumper, data):
-    flow = (all((isinstance(x, (int, float)) and not isinstance(x, bool)) or (isinstance(x, str) and _PLAIN.fullmatch(x)) for x in data)
+    flow = (all((isinstance(x, (int, float)) and not isinstance(x, bool))
+                or (isinstance(x, str) and _PLAIN.fullmatch(x)) for x in data)
             and sum(len(str(x)) + 2 for x in data) < 90 and all(len(str(x)) < 40 for x in data))
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 def _repr_dict(dumper, data):
@@ -218,7 +237,9 @@ def workflow_dict(G:nx.DiGraph) -> dict:
         nd.update({k: v for k, v in a.items() if k not in nd})
         out = list(G.out_edges(n, data=True))
         if out and not any(e for _, _, e in out): nd["next"] = [m for _, m, _ in out]
-        elif out: nd["next"] = [{"to": m, **{k: e[k] for k in EDGE_FIELDS if k in e}, **{k: v for k, v in e.items() if k not in EDGE_FIELDS}} for _, m, e in out]
+        elif out:
+            nd["next"] = [{"to": m, **{k: e[k] for k in EDGE_FIELDS if k in e},
+                           **{k: v for k, v in e.items() if k not in EDGE_FIELDS}} for _, m, e in out]
         nodes[n] = nd
     d["nodes"] = nodes
     return d
@@ -250,9 +271,11 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
 def _yaml_error(src, e, text=""):
     "One line `file:line:col: problem` from a YAML error."
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    msg = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e).splitlines()[0]
+    msg = (" ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+           or str(e).splitlines()[0])
     lines = text.splitlines()
-    if mark and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]: msg += " (a tab: YAML indents with spaces only)"
+    if mark and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
+        msg += " (a tab: YAML indents with spaces only)"
     return f"{src}:{mark.line + 1}:{mark.column + 1}: YAML error: {msg}" if mark else f"{src}: YAML error: {msg}"
 
 def _node_lines(text):
@@ -264,11 +287,13 @@ def _node_lines(text):
     return out
 
 def read_yaml(path, lines:dict=None) -> dict:
-    "The top-level mapping of the YAML file at `path` (and node lines into `lines`); every failure is a one-line `WorkflowError`."
+    "The top-level mapping of the YAML file at `path` (node lines into `lines`); failures: one-line `WorkflowError`s."
     src = str(path)
     try:
         size = Path(path).stat().st_size
-        if size > MAX_BYTES: raise WorkflowError(f"{src}: file is {size/1e6:.1f} MB, more than the {MAX_BYTES/1e6:.0f} MB a workflow may have")
+        if size > MAX_BYTES:
+            raise WorkflowError(f"{src}: file is {size/1e6:.1f} MB, more than the {MAX_BYTES/1e6:.0f} MB a workflow "
+                                "may have")
         raw = Path(path).read_bytes()
     except OSError as e: raise WorkflowError(f"{src}: cannot read: {e.strerror or e}") from None
     try: text = raw.decode("utf-8")
@@ -279,7 +304,9 @@ def read_yaml(path, lines:dict=None) -> dict:
     try: data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e: raise WorkflowError(_yaml_error(src, e, text)) from None
     except RecursionError: raise WorkflowError(f"{src}: YAML error: nested too deeply") from None
-    if not isinstance(data, dict): raise WorkflowError(f"{src}:1: the top level must be a mapping of fields (name, start, nodes, ...), got {type(data).__name__}")
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{src}:1: the top level must be a mapping of fields (name, start, nodes, ...), got "
+                            f"{type(data).__name__}")
     if lines is not None: lines.update(_node_lines(text))
     return data
 
@@ -289,7 +316,9 @@ def _edges(n, nxt):
     at = f"node {_show(n)}"
     if nxt is None: return [], []
     if isinstance(nxt, str): nxt = [nxt]
-    if not isinstance(nxt, list): return [], [f"{at}: next must be a list of node ids or of {{to: ..., when: ..., user: [...]}}, got {_show(nxt)}"]
+    if not isinstance(nxt, list):
+        return [], [f"{at}: next must be a list of node ids or of {{to: ..., when: ..., user: [...]}}, "
+                    f"got {_show(nxt)}"]
     out, P, seen = [], [], set()
     for i, e in enumerate(nxt):
         if isinstance(e, dict):
@@ -311,7 +340,8 @@ def workflow_from_dict(d:dict, source=None) -> nx.DiGraph:
     if not isinstance(nodes, dict) or not nodes:
         raise WorkflowError(f"{where}: nodes must be a non-empty mapping of node id to node, got {_show(nodes)}")
     for n, a in nodes.items():
-        if not isinstance(a, dict): P.append(f"node {_show(n)}: must be a mapping (type, say, ...), got {_show(a)}"); continue
+        if not isinstance(a, dict):
+            P.append(f"node {_show(n)}: must be a mapping (type, say, ...), got {_show(a)}"); continue
         if not isinstance(n, str): P.append(f"node {_show(n)}: node ids must be strings"); continue
         if "type" not in a: P.append(f"node {_show(n)}: missing type (one of {', '.join(TYPES)})")
         G.add_node(n, **{k: v for k, v in a.items() if k != "next"})
@@ -394,7 +424,8 @@ def workflow_layout(G:nx.DiGraph) -> tuple:
     pos = {n: float(i) for r in rows.values() for i, n in enumerate(r)}
     def sweep(rs, nbrs):
         for k in rs:
-            bc = {n: sum(pos[m] for m in nbrs(n)) / max(1, len(list(nbrs(n)))) if list(nbrs(n)) else pos[n] for n in rows[k]}
+            bc = {n: sum(pos[m] for m in nbrs(n)) / max(1, len(list(nbrs(n)))) if list(nbrs(n)) else pos[n]
+                  for n in rows[k]}
             rows[k].sort(key=lambda n: bc[n])
             for i, n in enumerate(rows[k]): pos[n] = float(i)
     ks = sorted(rows)
@@ -434,12 +465,14 @@ def draw_workflow(G:nx.DiGraph, # the workflow
         (x0, y0), (x1, y1) = pos[a], pos[b]
         nth[a] = k = nth.get(a, -1) + 1                    # the k-th branch of `a`: labels alternate in height
         if a == b:
-            ax.add_patch(FancyArrowPatch((x0 + 0.15, y0 + 0.1), (x0 - 0.15, y0 + 0.1), connectionstyle="arc3,rad=1.2", arrowstyle="-|>",
+            ax.add_patch(FancyArrowPatch((x0 + 0.15, y0 + 0.1), (x0 - 0.15, y0 + 0.1), connectionstyle="arc3,rad=1.2",
+                                         arrowstyle="-|>",
                                          mutation_scale=9, color="#9a6b9a", lw=0.9, ls="--", zorder=1))
         elif (a, b) in back:
             rad = -0.35 if x1 <= x0 else 0.35
             ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
-                                         mutation_scale=9, color="#9a6b9a", lw=0.9, ls="--", shrinkA=9, shrinkB=9, zorder=1))
+                                         mutation_scale=9, color="#9a6b9a", lw=0.9, ls="--", shrinkA=9, shrinkB=9,
+                                         zorder=1))
         else:
             pts = [(x0, y0), *way.get((a, b), []), (x1, y1)]
             if len(pts) > 2:                               # a smooth curve through the waypoints of a long edge
@@ -457,19 +490,25 @@ def draw_workflow(G:nx.DiGraph, # the workflow
             if (a, b) in back and a != b:                   # the middle of the arc (arc3 bends in display space)
                 rad = -0.35 if x1 <= x0 else 0.35
                 (X0, Y0), (X1, Y1) = ax.transData.transform([(x0, y0), (x1, y1)])
-                lx, ly = ax.transData.inverted().transform(((X0 + X1) / 2 + 0.5 * rad * (Y1 - Y0), (Y0 + Y1) / 2 - 0.5 * rad * (X1 - X0)))
+                lx, ly = ax.transData.inverted().transform(((X0 + X1) / 2 + 0.5 * rad * (Y1 - Y0),
+                                                            (Y0 + Y1) / 2 - 0.5 * rad * (X1 - X0)))
             ax.text(lx, ly, _short(e["when"]), fontsize=fs - 1.5, ha="center", va="center", color="#444444", zorder=3,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     for n, (x, y) in pos.items():
         d = G.nodes[n]; t = d.get("type")
         fc = OUTCOME_COLORS.get(d.get("outcome"), COLORS["end"]) if t == "end" else COLORS.get(t, COLORS[None])
-        style = {"decision": "round4,pad=0.35", "end": "round,pad=0.4", "tool": "square,pad=0.35"}.get(t, "round,pad=0.3")
+        style = {"decision": "round4,pad=0.35", "end": "round,pad=0.4", "tool": "square,pad=0.35"}.get(t,
+            "round,pad=0.3")
         label = "\n".join(textwrap.wrap(str(n).replace("_", " "), 16))
         if t == "end": label += f"\n({d.get('outcome', '?')})"
-        ax.text(x, y, label, ha="center", va="center", fontsize=fs, zorder=4, fontweight="bold" if n in hubs else "normal",
-                bbox=dict(boxstyle=style, fc=fc, ec="#b03a2e" if n in hubs else "#555555", lw=2.2 if n in hubs else 0.8))
+        ax.text(x, y, label, ha="center", va="center", fontsize=fs, zorder=4, fontweight="bold" if n in hubs
+                else "normal",
+                bbox=dict(boxstyle=style, fc=fc, ec="#b03a2e" if n in hubs else "#555555", lw=2.2 if n in hubs
+                          else 0.8))
     start = G.graph.get("start")
-    if start in pos: ax.annotate("start", pos[start], xytext=(0, 22), textcoords="offset points", ha="center", fontsize=fs, color="#555555")
+    if start in pos:
+        ax.annotate("start", pos[start], xytext=(0, 22), textcoords="offset points", ha="center", fontsize=fs,
+                    color="#555555")
     legend = [Patch(fc=COLORS[t], ec="#555555", label=t) for t in TYPES[:3]] + \
              [Patch(fc=OUTCOME_COLORS[o], ec="#555555", label=f"end: {o}") for o in OUTCOMES] + \
              [Patch(fc="white", ec="#b03a2e", lw=2.2, label="decision hub (2+ branches)"),
@@ -493,7 +532,8 @@ def workflow_prompt(G:nx.DiGraph, # the workflow
     steps = []
     for n, d in G.nodes(data=True):
         t = d.get("type")
-        head = f"## {n} (" + (f"end: {d.get('outcome')}" if t == "end" else str(t)) + (", start" if n == g.get("start") else "") + ")"
+        head = f"## {n} (" + (f"end: {d.get('outcome')}" if t == "end" else str(t)) + (", start" if n == g.get("start")
+                                                                                       else "") + ")"
         lines = [head]
         if d.get("say"): lines.append(("Note: " if t == "decision" else "Do: ") + " ".join(str(d["say"]).split()))
         if t == "decision": lines.append("Say nothing here; route on what the user just said:")

@@ -73,7 +73,9 @@ class Agent:
 
     @classmethod
     def from_dir(cls, path, # a model directory written by `compile_model` (or any transformers model dir)
-                 G:nx.DiGraph=None, mode:str="compiled", **kw):
+                 G:nx.DiGraph=None, # the workflow (for the in-context prompt and the arena)
+                 mode:str="compiled", # compiled | in-context | base (as in `Agent`)
+                 **kw):
         "An agent over a compiled model directory (loaded with `subterranean.train.load_compiled`)."
         p = Path(path)
         if not p.is_dir(): raise FileNotFoundError(f"Agent.from_dir: no model directory at {p}")
@@ -164,7 +166,8 @@ Agent.stream = stream
 # %% ../nbs/04_chat.ipynb #a9c30252
 def scripted_user(G:nx.DiGraph, # the workflow
                   scenario:dict, # from `sample_scenarios`: path, slots, persona, seed
-                  seed:int=0) -> list:
+                  seed:int=0 # seeds the choice of lines
+                 ) -> list:
     "The user's lines for `scenario`, one before each agent turn of its path."
     t, slots = TemplateTeacher(seed=seed), scenario.get("slots") or {}
     return [t.realise(dict(role="user", turn=j, lines=s["user_lines"], slots=slots, persona=scenario.get("persona"),
@@ -175,7 +178,9 @@ def _stats(r): return f"{r['latency']:.2f}s · {r['prompt_tokens']} prompt + {r[
 
 def compare(agents:dict, # name -> Agent
             user_lines:list, # what the user says, turn by turn
-            file=None, width:int=100) -> dict:
+            file=None, # where to print (default: stdout)
+            width:int=100 # wrap the replies at this many characters
+           ) -> dict:
     "Send `user_lines` to every agent in turn, print the replies one under the other, return dict(histories, turns)."
     import sys, textwrap
     file = file or sys.stdout

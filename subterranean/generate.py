@@ -216,7 +216,11 @@ def _knowledge(G, node):
     kn = {k["id"]: k["text"] for k in G.graph.get("knowledge") or []}
     return [kn[k] for k in G.nodes[node].get("knowledge") or [] if k in kn]
 
-def agent_prompt(G:nx.DiGraph, node:str, history:list, slots:dict) -> list:
+def agent_prompt(G:nx.DiGraph, # the workflow
+                 node:str, # the node whose turn the agent speaks
+                 history:list, # the conversation so far (chat messages)
+                 slots:dict # the scenario's slot values
+                ) -> list:
     "Chat messages asking a teacher for the agent's next turn at `node`, after `history`."
     d = G.nodes[node]
     sys = [G.graph.get("agent", "You are a helpful assistant."),
@@ -231,7 +235,12 @@ def agent_prompt(G:nx.DiGraph, node:str, history:list, slots:dict) -> list:
                "instructions.")
     return [{"role": "system", "content": "\n\n".join(sys)}] + [m for m in history if m["role"] != "system"]
 
-def user_prompt(G:nx.DiGraph, step:dict, history:list, slots:dict, persona:str) -> list:
+def user_prompt(G:nx.DiGraph, # the workflow
+                step:dict, # the user's step: its branch condition (`when`), `first`, example lines
+                history:list, # the conversation so far (chat messages)
+                slots:dict, # the scenario's slot values
+                persona:str # how the customer talks (one of the workflow's personas)
+               ) -> list:
     "Chat messages asking a simulated user for the customer's next line (the agent's turns become `user`)."
     goal = f"Steer the conversation so that: {step['when']}." if step.get("when") else (
         "Open the conversation." if step.get("first") else "Answer the agent's last message naturally.")
@@ -275,7 +284,13 @@ def _when_grams(G, k=5):
                                                                                  for u in us or []]
     return g - set().union(*(_kgrams(e, k) for e in own))
 
-def check_turn(text:str, role:str, G:nx.DiGraph, history:list=(), max_chars:int=1500, grams:set=None) -> str|None:
+def check_turn(text:str, # the proposed turn
+               role:str, # 'agent' or 'user'
+               G:nx.DiGraph, # the workflow
+               history:list=(), # the conversation so far (chat messages)
+               max_chars:int=1500, # longer turns are rejected
+               grams:set=None # n-grams of the turns so far, to reject repeats
+              ) -> str|None:
     "The reason to reject `text` as the next `role` ('agent'|'user') turn, or None if it is fine."
     if not text or not text.strip(): return "empty"
     m = _LABEL.match(text)
@@ -308,7 +323,10 @@ def similarity(a:str, b:str) -> float:
     A, B = _grams(a), _grams(b)
     return 2 * len(A & B) / (len(A) + len(B)) if A and B else 0.0
 
-def match_node(text:str, G:nx.DiGraph, slots:dict=None) -> tuple:
+def match_node(text:str, # an agent turn
+               G:nx.DiGraph, # the workflow
+               slots:dict=None # slot values to fill the examples with
+              ) -> tuple:
     "The speaking node of `G` whose examples (or `say`) `text` is most similar to, and that similarity."
     best = (None, 0.0)
     for n in G.nodes:
@@ -383,8 +401,15 @@ async def _turn(teacher, msgs, ctx, role, G, history, run, st, tries, max_chars,
         st["rejections"][f"{role}:{why}"] += 1; run.rejections[f"{role}:{why}"] += 1
     return None
 
-async def converse(G:nx.DiGraph, scenario:dict, teacher, user=None, run:_Run=None, tries:int=3, max_chars:int=1500,
-                   grams=None) -> dict|None:
+async def converse(G:nx.DiGraph, # the workflow
+                   scenario:dict, # from `sample_scenarios`: path, slots, persona, seed
+                   teacher, # writes the agent's turns
+                   user=None, # writes the customer's turns (default: the same teacher)
+                   run:_Run=None, # the run's shared budget and counters
+                   tries:int=3, # attempts per turn before the conversation is dropped
+                   max_chars:int=1500, # longer turns are rejected
+                   grams=None # n-grams seen so far, to reject repeats
+                  ) -> dict|None:
     "Generate the conversation of one `scenario` along its path; the dataset row, or None when a turn fails every try."
     user, run = user or teacher, run or _Run()
     grams = _when_grams(G) if grams is None else grams
@@ -428,7 +453,10 @@ def conversation_key(G:nx.DiGraph, scenario:dict) -> str:
                    sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(s.encode()).hexdigest()[:20]
 
-def cache_key(G:nx.DiGraph, scenario:dict, teacher_id:str) -> str:
+def cache_key(G:nx.DiGraph, # the workflow
+              scenario:dict, # the scenario of the conversation
+              teacher_id:str # the teacher's `id` (endpoint and model)
+             ) -> str:
     "The cache key of one conversation: what it depends on (`conversation_key`) and the teacher."
     import hashlib
     return hashlib.sha256(json.dumps([conversation_key(G, scenario), teacher_id]).encode()).hexdigest()[:20]
@@ -453,7 +481,10 @@ def load_cache(path) -> dict:
         with open(path, "r+b") as f: f.truncate(good); f.flush(); os.fsync(f.fileno())
     return out
 
-def append_cache(f, key:str, row:dict):
+def append_cache(f, # the cache file, open for appending
+                 key:str, # `cache_key` of the conversation
+                 row:dict # the dataset row
+                ):
     "Append one conversation to the open cache file `f` and make it durable."
     f.write(json.dumps({"key": key, "row": row}, ensure_ascii=False) + "\n")
     f.flush(); os.fsync(f.fileno())
@@ -481,9 +512,22 @@ def _reusable(G, done:dict, keys:list, max_chars:int=1500) -> dict:
         if r is not None and r.get("workflow") == wf: out[k] = r
     return out
 
-async def agenerate_conversations(G:nx.DiGraph, n:int, teacher, user=None, seed:int=0, concurrency:int=8, cache=None,
-                                  budget_tokens:int=None, budget_usd:float=None, prices=None, progress:bool=True,
-                                  tries:int=3, max_chars:int=1500, max_loops:int=1, scenarios:list=None):
+async def agenerate_conversations(G:nx.DiGraph, # the workflow
+                                  n:int, # how many conversations (scenarios from `sample_scenarios(G, n, seed)`)
+                                  teacher, # writes the agent's turns
+                                  user=None, # writes the customer's turns (default: the same teacher)
+                                  seed:int=0, # scenario seed
+                                  concurrency:int=8, # conversations in flight
+                                  cache=None, # JSONL file: resume from it, append to it
+                                  budget_tokens:int=None, # stop before the run's tokens would pass this
+                                  budget_usd:float=None, # stop before the run's spend would pass this (needs `prices`)
+                                  prices=None, # (prompt, completion) dollars per million tokens
+                                  progress:bool=True, # show a tqdm bar
+                                  tries:int=3, # attempts per turn before a conversation is dropped
+                                  max_chars:int=1500, # longer turns are rejected
+                                  max_loops:int=1, # times a path may go round a loop
+                                  scenarios:list=None # these scenarios instead of sampling `n`
+                                 ):
     "Async `generate_conversations`: a `datasets.Dataset` of up to `n` conversations (see there)."
     if budget_usd is not None and prices is None:
         raise ValueError("budget_usd needs prices=(prompt, completion) in dollars per million tokens")
@@ -583,7 +627,8 @@ class GenerateConfig:
 # %% ../nbs/02_generate.ipynb #b1a9ecc5
 def split_conversations(ds, # a dataset from `generate_conversations`
                         eval_frac:float=0.1, # share of conversations held out
-                        seed:int=0):
+                        seed:int=0 # seeds which paths are held out
+                       ):
     "A `DatasetDict(train=..., eval=...)`, held out by path and scenario, never by turn."
     from datasets import DatasetDict
     if len(ds) < 2: raise ValueError(f"split_conversations: need at least 2 conversations, got {len(ds)}")
@@ -600,7 +645,10 @@ def split_conversations(ds, # a dataset from `generate_conversations`
     return DatasetDict(train=ds.select([i for i in range(len(ds)) if i not in evs]), eval=ds.select(sorted(evs)))
 
 # %% ../nbs/02_generate.ipynb #f705476f
-def generation_summary(ds, G:nx.DiGraph=None, prices=None) -> dict:
+def generation_summary(ds, # a dataset from `generate_conversations`
+                       G:nx.DiGraph=None, # the workflow, for node and edge coverage
+                       prices=None # (prompt, completion) dollars per million tokens (default: the recorded cost)
+                      ) -> dict:
     "Conversations, turns (min/median/max), outcomes, node and edge coverage, rejections, tokens and cost of `ds`."
     turns = [sum(m["role"] != "system" for m in ms) for ms in ds["messages"]] or [0]
     st = ds["stats"] if "stats" in ds.column_names else []
@@ -692,7 +740,8 @@ def incremental_scenarios(previous:list, # the previous run's scenarios (`row_sc
 def replay_sample(ds, # conversations after an edit
                   status:dict, # scenario id -> reused | regenerated | new (`incremental_scenarios`)
                   ratio:float=1.0, # reused conversations to draw per regenerated or new one
-                  seed:int=0):
+                  seed:int=0 # seeds the draw
+                 ):
     "The regenerated and new conversations of `ds`, and `ratio` times as many reused ones drawn at random."
     ids = [s["id"] for s in ds["scenario"]]
     fresh = [i for i, x in enumerate(ids) if status.get(x) != "reused"]
@@ -703,7 +752,8 @@ def replay_sample(ds, # conversations after an edit
 def split_after_edit(ds, # conversations after an edit
                      previous:dict, # scenario id -> "train" or "eval" in the previous split
                      eval_frac:float=0.1, # share of the conversations on new paths held out
-                     seed:int=0):
+                     seed:int=0 # seeds which new paths are held out
+                    ):
     "`DatasetDict(train, eval)`: old scenarios keep their side, new ones go with their path; new paths split by path."
     from datasets import DatasetDict
     ids, paths = [s["id"] for s in ds["scenario"]], [tuple(p) for p in ds["path"]]
@@ -1098,8 +1148,17 @@ def _draft_note(teacher):
                 "labels; review and edit them before compiling.")
     return f"Drafted by {teacher.id}: review and edit the lines before compiling."
 
-async def adraft_workflow(G:nx.DiGraph, teacher, seed:int=0, concurrency:int=8, budget_tokens:int=None,
-                          budget_usd:float=None, prices=None, tries:int=3, progress:bool=True, warnings:list=None):
+async def adraft_workflow(G:nx.DiGraph, # a workflow skeleton, e.g. from `from_mermaid` or `from_langgraph`
+                          teacher, # an `OpenAITeacher`, or a `TemplateTeacher` to draft offline from the labels
+                          seed:int=0, # seeds the offline drafts
+                          concurrency:int=8, # tasks in flight
+                          budget_tokens:int=None, # stop asking before the tokens pass this
+                          budget_usd:float=None, # the same in dollars (needs `prices`)
+                          prices=None, # (prompt, completion) dollars per million tokens
+                          tries:int=3, # attempts per task
+                          progress:bool=True, # show a tqdm bar
+                          warnings:list=None # a list to append what the user should check to
+                         ):
     "Async `draft_workflow` (see there)."
     validate_workflow(G)                                   # structurally sound (missing examples are why we are here)
     D, W, run, sem = copy.deepcopy(G), [], _Run(budget_tokens, budget_usd, prices), asyncio.Semaphore(concurrency)

@@ -287,7 +287,10 @@ def _subgraph_edges(st):
     "The links, with those to a subgraph going to its entry nodes and those from one leaving from its exit nodes."
     subs = {sg: [n for n in ms if n not in st["members"]] for sg, ms in st["members"].items()}
     inner = [(e["a"], e["b"]) for e in st["edges"] if not e["invisible"]]
-    def ends(sg, way, pos):
+    def ends(sg, # a subgraph id
+             way, # "in": the nodes a link into the subgraph reaches; "out": those a link out leaves from
+             pos # where the link is (for the error)
+            ):
         ms = subs[sg]
         if not ms: raise _Bad(pos, f"subgraph {sg!r} has no nodes to link to")
         if way == "in": got = [n for n in ms if not any(b == n and a in ms and a != n for a, b in inner)]

@@ -92,7 +92,10 @@ def count_paths(G:nx.DiGraph, # the workflow
     return _memo_count(H, start, ends, cap)
 
 # %% ../nbs/01_paths.ipynb #7e4b313d
-def sample_slot(name:str, spec, rng:random.Random):
+def sample_slot(name:str, # the slot's name (for the error)
+                spec, # a list of values, `{min, max}` or `{choices: [...]}`
+                rng:random.Random # the scenario's random generator
+               ):
     "One value of slot `name`: a list -> a choice; `{min, max}` -> an int in between; `{choices: [...]}` -> a choice."
     if isinstance(spec, (list, tuple)) and spec: return rng.choice(list(spec))
     if isinstance(spec, dict) and isinstance(spec.get("choices"), (list, tuple)) and spec["choices"]:
@@ -132,7 +135,11 @@ def _edge_paths(G, start, ends, cap):
         if max(Counter(p).values()) <= cap and not ends & set(p[:-1]): out.append(p)
     return out
 
-def candidate_paths(G:nx.DiGraph, max_loops:int=1, limit:int=5000, seed:int=0) -> list:
+def candidate_paths(G:nx.DiGraph, # the workflow
+                    max_loops:int=1, # times a path may go round a loop
+                    limit:int=5000, # list all paths up to this many, else sample random walks
+                    seed:int=0 # seeds the random walks
+                   ) -> list:
     "Paths to draw scenarios from: all when there are at most `limit`, else random walks; plus a shortest one per edge."
     cap, start, ends = _cap(max_loops), _start(G), _ends(G)
     ps = list(islice(acyclic_paths(G, max_loops), limit + 1))
@@ -148,7 +155,10 @@ def candidate_paths(G:nx.DiGraph, max_loops:int=1, limit:int=5000, seed:int=0) -
     return out
 
 # %% ../nbs/01_paths.ipynb #22e8c7f6
-def greedy_cover(paths:list, n:int=None, covered=()) -> list:
+def greedy_cover(paths:list, # node lists
+                 n:int=None, # at most this many (default: as many as covering needs)
+                 covered=() # nodes and edges already covered
+                ) -> list:
     "Indices of paths covering every node and edge the paths cover (less `covered`): most new items first, at most `n`."
     items = [path_items(p) for p in paths]
     heap = [(-len(s), len(p), i) for i, (s, p) in enumerate(zip(items, paths))]
@@ -213,7 +223,10 @@ def coverage(G:nx.DiGraph, scenarios:list) -> dict:
                 uncovered_nodes=un_n, uncovered_edges=un_e)
 
 # %% ../nbs/01_paths.ipynb #922db62e
-def path_in(G:nx.DiGraph, path:list, max_loops:int=1) -> bool:
+def path_in(G:nx.DiGraph, # the workflow
+            path:list, # node ids
+            max_loops:int=1 # times the path may go round a loop
+           ) -> bool:
     "Whether `path` is a start-to-end path of `G` that visits no node more than `max_loops`+1 times."
     ends = _ends(G)
     return (bool(path) and path[0] == G.graph.get("start") and path[-1] in ends and not ends & set(path[:-1])
@@ -285,7 +298,10 @@ def update_scenarios(G:nx.DiGraph, # the workflow after the edit
     return kept, new, dropped
 
 # %% ../nbs/01_paths.ipynb #736e07fc
-def draw_scenarios(G:nx.DiGraph, scenarios:list, path=None):
+def draw_scenarios(G:nx.DiGraph, # the workflow
+                   scenarios:list, # from `sample_scenarios`
+                   path=None # save the figure there too
+                  ):
     "Two panels: path lengths by outcome, and how often each edge is walked (every bar above 0: full edge coverage)."
     import matplotlib.pyplot as plt
     from subterranean.workflow import OUTCOME_COLORS

@@ -481,7 +481,13 @@ def carry_over(G:nx.DiGraph, # the workflow after the edit
     return run
 
 # %% ../nbs/06_pipeline.ipynb #7972a1e1
-def plan(G:nx.DiGraph, gen:GenerateConfig, cfg, ev:EvalConfig, ep:dict|None, rc:ResumeConfig=None) -> dict:
+def plan(G:nx.DiGraph, # the workflow
+         gen:GenerateConfig, # how conversations are generated
+         cfg, # the `CompileConfig` of training
+         ev:EvalConfig, # how the model is evaluated
+         ep:dict|None, # the endpoint (base_url, model, key), or None offline
+         rc:ResumeConfig=None # resume and incremental options
+        ) -> dict:
     "The resolved options of a compile run, and each stage's key (the options it depends on)."
     train = dataclasses.asdict(cfg); train.pop("output_dir", None); train.pop("workflow", None)
     if rc is not None and rc.from_previous: train.update(from_previous=True, replay=rc.replay)   # the model hangs on it
@@ -493,7 +499,10 @@ def plan(G:nx.DiGraph, gen:GenerateConfig, cfg, ev:EvalConfig, ep:dict|None, rc:
                 evaluate={k: o[k] for k in ("eval_n", "judge", "in_context", "max_new_tokens")}, report={})
     return dict(options=json.loads(json.dumps(o)), keys=json.loads(json.dumps(keys)))
 
-def todo_stages(run:dict|None, keys:dict, out) -> dict:
+def todo_stages(run:dict|None, # the run's `run.json` (None: a new run)
+                keys:dict, # stage -> its key from `plan`
+                out # the run directory
+               ) -> dict:
     "stage -> why it must run ('' when done and skippable); after the first stage to run, all later ones run."
     why, redo = {}, False
     for s in STAGES:

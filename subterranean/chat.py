@@ -29,7 +29,8 @@ def system_prompt(G:nx.DiGraph=None, # the workflow (None: a generic assistant)
 # %% ../nbs/04_chat.ipynb #9e108d29
 def _msgs(system, messages):
     "The system prompt followed by `messages` (any system message in them is dropped: the agent's mode decides it)."
-    return [{"role": "system", "content": system}] + [dict(role=m["role"], content=m["content"]) for m in messages if m["role"] != "system"]
+    return [{"role": "system", "content": system}] + [dict(role=m["role"], content=m["content"]) for m in messages
+                                                      if m["role"] != "system"]
 
 def _plain_prompt(msgs):
     "A plain-text prompt for tokenizers without a chat template."
@@ -48,7 +49,8 @@ class Agent:
                  adapter:str=None, # a PEFT adapter directory to put on `model`
                  system:str=None, # override the system prompt
                  max_new_tokens:int=96, temperature:float=0.0, timeout:float=120):
-        if (model is None) == (base_url is None): raise ValueError("Agent needs either a local `model` (with its `tokenizer`) or a `base_url`, not both")
+        if (model is None) == (base_url is None): raise ValueError("Agent needs either a local `model` (with its "
+                                                                   "`tokenizer`) or a `base_url`, not both")
         if model is not None and tokenizer is None: raise ValueError("Agent: a local model needs its `tokenizer`")
         if adapter:
             from peft import PeftModel
@@ -60,7 +62,8 @@ class Agent:
         self.base_url, self.endpoint_model, self.client = base_url, endpoint_model, None
         if base_url is not None:
             import openai
-            self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout, max_retries=2)
+            self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "not-needed", timeout=timeout,
+                                        max_retries=2)
             self.endpoint_model = endpoint_model or "default"
         if model is not None: model.eval()
 
@@ -70,7 +73,9 @@ class Agent:
 
     @classmethod
     def from_dir(cls, path, # a model directory written by `compile_model` (or any transformers model dir)
-                 G:nx.DiGraph=None, mode:str="compiled", **kw):
+                 G:nx.DiGraph=None, # the workflow (for the in-context prompt and the arena)
+                 mode:str="compiled", # compiled | in-context | base (as in `Agent`)
+                 **kw):
         "An agent over a compiled model directory (loaded with `subterranean.train.load_compiled`)."
         p = Path(path)
         if not p.is_dir(): raise FileNotFoundError(f"Agent.from_dir: no model directory at {p}")
@@ -88,7 +93,8 @@ class Agent:
 # %% ../nbs/04_chat.ipynb #5ea9a400
 def _encode(agent, messages):
     tok, msgs = agent.tokenizer, agent.messages(messages)
-    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) if getattr(tok, "chat_template", None) else _plain_prompt(msgs)
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) if getattr(tok, "chat_template",
+        None) else _plain_prompt(msgs)
     return tok(text, return_tensors="pt", add_special_tokens=False).to(agent.model.device)
 
 def _gen_kw(agent, enc):
@@ -139,7 +145,8 @@ def _local_stream(agent, messages, box):
 def _endpoint_stream(agent, messages, box):
     msgs = agent.messages(messages)
     s = agent.client.chat.completions.create(model=agent.endpoint_model, messages=msgs, max_tokens=agent.max_new_tokens,
-                                             temperature=agent.temperature, stream=True, stream_options={"include_usage": True})
+                                             temperature=agent.temperature, stream=True,
+                                             stream_options={"include_usage": True})
     text = ""
     for ch in s:
         if getattr(ch, "usage", None): box["pt"], box["ct"] = ch.usage.prompt_tokens, ch.usage.completion_tokens
@@ -148,17 +155,19 @@ def _endpoint_stream(agent, messages, box):
     box.setdefault("pt", sum(len(m["content"]) for m in msgs) // 4); box.setdefault("ct", len(text) // 4)
 
 def stream(self:Agent, messages:list):
-    "Yield the agent's next turn in pieces; when done, `self.last` holds dict(text, latency, prompt_tokens, completion_tokens)."
+    "Yield the agent's next turn in pieces; then `self.last` is dict(text, latency, prompt_tokens, completion_tokens)."
     t, box, text = time.perf_counter(), {}, ""
     for piece in (_endpoint_stream if self.client else _local_stream)(self, messages, box):
         text += piece; yield piece
-    self.last = dict(text=text.strip(), latency=time.perf_counter() - t, prompt_tokens=int(box["pt"]), completion_tokens=int(box["ct"]))
+    self.last = dict(text=text.strip(), latency=time.perf_counter() - t, prompt_tokens=int(box["pt"]),
+                     completion_tokens=int(box["ct"]))
 Agent.stream = stream
 
 # %% ../nbs/04_chat.ipynb #a9c30252
 def scripted_user(G:nx.DiGraph, # the workflow
                   scenario:dict, # from `sample_scenarios`: path, slots, persona, seed
-                  seed:int=0) -> list:
+                  seed:int=0 # seeds the choice of lines
+                 ) -> list:
     "The user's lines for `scenario`, one before each agent turn of its path."
     t, slots = TemplateTeacher(seed=seed), scenario.get("slots") or {}
     return [t.realise(dict(role="user", turn=j, lines=s["user_lines"], slots=slots, persona=scenario.get("persona"),
@@ -169,7 +178,9 @@ def _stats(r): return f"{r['latency']:.2f}s · {r['prompt_tokens']} prompt + {r[
 
 def compare(agents:dict, # name -> Agent
             user_lines:list, # what the user says, turn by turn
-            file=None, width:int=100) -> dict:
+            file=None, # where to print (default: stdout)
+            width:int=100 # wrap the replies at this many characters
+           ) -> dict:
     "Send `user_lines` to every agent in turn, print the replies one under the other, return dict(histories, turns)."
     import sys, textwrap
     file = file or sys.stdout
@@ -180,7 +191,8 @@ def compare(agents:dict, # name -> Agent
             hist[n].append({"role": "user", "content": line})
             r = a.reply(hist[n]); turns[n].append(r)
             hist[n].append({"role": "assistant", "content": r["text"]})
-            body = textwrap.fill(r["text"][:1000] or "(empty)", width, initial_indent=f"  {n}: ", subsequent_indent="    ")
+            body = textwrap.fill(r["text"][:1000] or "(empty)", width, initial_indent=f"  {n}: ",
+                                 subsequent_indent="    ")
             print(body, file=file); print(f"    [{_stats(r)}]", file=file)
     return dict(histories=hist, turns=turns)
 
@@ -201,8 +213,10 @@ class ChatArena:
         if not 1 <= len(agents) <= 4: raise ValueError(f"ChatArena takes 1 to 4 agents, got {len(agents)}")
         self.agents, self.G, self.streaming, self.seed = dict(agents), G, stream, seed
         self.logs = {n: W.HTML(layout=W.Layout(width="100%")) for n in agents}
-        cols = [W.VBox([W.HTML(f"<b>{html.escape(n)}</b> <span style='color:#888'>({html.escape(a.mode)})</span>"), self.logs[n]],
-                       layout=W.Layout(flex="1 1 0", margin="2px", border="1px solid #ddd", padding="4px")) for n, a in self.agents.items()]
+        cols = [W.VBox([W.HTML(f"<b>{html.escape(n)}</b> <span style='color:#888'>({html.escape(a.mode)})</span>"),
+                        self.logs[n]],
+                       layout=W.Layout(flex="1 1 0", margin="2px", border="1px solid #ddd", padding="4px")) for n,
+                a in self.agents.items()]
         self.box = W.Text(placeholder="Type a message and press Enter", layout=W.Layout(flex="1 1 auto"))
         self.send_button = W.Button(description="Send", button_style="primary")
         self.play_button, self.reset_button = W.Button(description="Play a scenario"), W.Button(description="Reset")
@@ -213,7 +227,8 @@ class ChatArena:
         if hasattr(self.box, "on_submit"):   # Enter sends (deprecated in newer ipywidgets, where the button remains)
             import warnings
             with warnings.catch_warnings(): warnings.simplefilter("ignore"); self.box.on_submit(lambda _: self.send())
-        self.widget = W.VBox([W.HBox(cols), W.HBox([self.box, self.send_button, self.play_button, self.reset_button]), self.status])
+        self.widget = W.VBox([W.HBox(cols), W.HBox([self.box, self.send_button, self.play_button, self.reset_button]),
+                              self.status])
         self.reset()
 
     def _ipython_display_(self):
@@ -230,7 +245,8 @@ class ChatArena:
 
     def _render(self, n, partial=None):
         t = iter(self.turns[n])
-        parts = [_bubble(m["role"], m["content"], _stats(next(t)) if m["role"] == "assistant" else None) for m in self.histories[n]]
+        parts = [_bubble(m["role"], m["content"], _stats(next(t)) if m["role"] == "assistant" else None)
+                 for m in self.histories[n]]
         if partial is not None: parts.append(_bubble("assistant", partial + " ▌"))
         self.logs[n].value = "".join(parts)
 
@@ -249,7 +265,8 @@ class ChatArena:
                     r = dict(a.last)
                 else: r = a.reply(self.histories[n])
             except Exception as e:   # one broken agent must not take the others down
-                r = dict(text=f"[error: {type(e).__name__}: {str(e)[:200]}]", latency=0.0, prompt_tokens=0, completion_tokens=0)
+                r = dict(text=f"[error: {type(e).__name__}: {str(e)[:200]}]", latency=0.0, prompt_tokens=0,
+                         completion_tokens=0)
             self.histories[n].append({"role": "assistant", "content": r["text"]}); self.turns[n].append(r); out[n] = r
             self._render(n)
         self.status.value = f"turn {len(self.turns[next(iter(self.agents))])}"
@@ -257,18 +274,23 @@ class ChatArena:
 
     def play_step(self) -> dict:
         "Let the scripted user of a scenario say its next line (a new scenario when none is in play or it has ended)."
-        if self.G is None: self.status.value = "<span style='color:#a00'>Give the arena a workflow (G=...) to play scenarios.</span>"; return {}
+        if self.G is None:
+            self.status.value = "<span style='color:#a00'>Give the arena a workflow (G=...) to play scenarios.</span>"
+            return {}
         if self.scenario is None or self._n >= len(self.script):
             try:
                 from subterranean.paths import sample_scenarios
                 sc = sample_scenarios(self.G, 1, seed=self.seed)[0]; self.seed += 1
             except Exception as e:
-                self.status.value = f"<span style='color:#a00'>could not sample a scenario: {html.escape(str(e))}</span>"; return {}
+                why = html.escape(str(e))
+                self.status.value = f"<span style='color:#a00'>could not sample a scenario: {why}</span>"
+                return {}
             self.reset(); self.scenario, self.script = sc, scripted_user(self.G, sc)
         line = self.script[self._n]; self._n += 1
         out = self.send(line)
         sc = self.scenario
-        self.status.value = (f"scenario {html.escape(str(sc.get('id')))} ({html.escape(str(sc.get('persona')))}), user turn {self._n}/{len(self.script)}"
+        self.status.value = (f"scenario {html.escape(str(sc.get('id')))} ({html.escape(str(sc.get('persona')))}), user "
+                             f"turn {self._n}/{len(self.script)}"
                              + (" · finished: press Play for a new one" if self._n >= len(self.script) else ""))
         return out
 

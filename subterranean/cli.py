@@ -9,10 +9,12 @@ from __future__ import annotations
 import argparse, dataclasses, json, os, sys, textwrap
 from pathlib import Path
 from .workflow import (WorkflowError, load_workflow, validate_workflow, decision_hubs, draw_workflow,
-                                   import_workflow, save_workflow)
+                                   save_workflow)
+from .importers import import_workflow
 from .paths import count_paths, acyclic_paths, paths_by_outcome, workflow_summary
 from .generate import GenerateConfig, draft_workflow
-from .pipeline import (RunError, Interrupted, EvalConfig, ResumeConfig, BACKENDS, stage, quiet_libraries, find_endpoint,
+from .pipeline import (RunError, Interrupted, EvalConfig, ResumeConfig, BACKENDS, stage, quiet_libraries,
+                                   find_endpoint,
                                    check_endpoint, make_teacher, teacher_name, generate_stage, gen_line, train_config,
                                    train_stage, train_line, evaluate_stage, eval_line, compile_workflow, unsloth_first)
 from .distributed import is_main_process, rank, launch_command
@@ -69,7 +71,8 @@ def config_from_args(cls, args) -> dict:
         if _tname(f) == "tuple":
             v = tuple(_value(x) for a in v for x in a.split(",") if x)
             bad = [x for x in v if f.metadata.get("choices") and x not in f.metadata["choices"]]
-            if bad: raise RunError(f"--{f.name.replace('_', '-')} {bad[0]!r}: use {', '.join(f.metadata['choices'])}", 2)
+            if bad:
+                raise RunError(f"--{f.name.replace('_', '-')} {bad[0]!r}: use {', '.join(f.metadata['choices'])}", 2)
         out[f.name] = v
     return out
 
@@ -106,10 +109,12 @@ def cmd_draw(args) -> int:
     G = load_workflow(args.file)
     out = Path(args.out or f"{G.graph.get('name') or Path(args.file).stem}.png")
     if out.suffix.lower() not in PICTURES:
-        raise RunError(f"--out {out}: unknown picture format {out.suffix or '(none)'}: end the name with .png, .svg or .pdf", 2)
+        raise RunError(f"--out {out}: unknown picture format {out.suffix or '(none)'}: end the name with .png, .svg or "
+                       ".pdf", 2)
     out.parent.mkdir(parents=True, exist_ok=True)
     draw_workflow(G, out)
-    _say(f"wrote {out} ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges, {len(decision_hubs(G))} decision hubs)")
+    _say(f"wrote {out} ({G.number_of_nodes()} nodes, {G.number_of_edges()} edges, {len(decision_hubs(G))} decision "
+         "hubs)")
     return 0
 
 # %% ../nbs/07_cli.ipynb #a8ca3955
@@ -120,7 +125,8 @@ def cmd_paths(args) -> int:
     total = count_paths(G, args.max_loops)
     if args.count: print(total); return 0
     times = "once" if args.max_loops == 0 else f"up to {args.max_loops + 1} times"
-    print(f"{G.graph.get('name')}: {total:,} paths from {G.graph.get('start')!r} to an end node (each node visited {times})")
+    print(f"{G.graph.get('name')}: {total:,} paths from {G.graph.get('start')!r} to an end node (each node visited "
+          f"{times})")
     for o, k in paths_by_outcome(G, args.max_loops).items(): print(f"  {o:<12} {k:>12,}")
     for i, p in enumerate(islice(acyclic_paths(G, args.max_loops), args.list or 0), 1):
         print(f"{i:>5}. " + " > ".join(p) + f"  ({G.nodes[p[-1]].get('outcome')})")
@@ -168,7 +174,8 @@ def cmd_draft(args) -> int:
     G = load_workflow(src) if src.endswith((".yaml", ".yml")) else import_workflow(src)[0]
     gen, ep = _generate_config(args), _endpoint(args)
     with stage("draft", args.out):
-        D = draft_workflow(G, make_teacher(ep, gen.seed), seed=gen.seed, concurrency=gen.concurrency, budget_tokens=gen.budget_tokens,
+        D = draft_workflow(G, make_teacher(ep, gen.seed), seed=gen.seed, concurrency=gen.concurrency,
+                           budget_tokens=gen.budget_tokens,
                            budget_usd=gen.budget_usd, prices=gen.prices, progress=not args.quiet, warnings=notes)
     _err(*(f"warning: {n}" for n in notes))
     out = Path(args.out); out.parent.mkdir(parents=True, exist_ok=True)
@@ -189,7 +196,8 @@ def cmd_train(args) -> int:
     cfg = train_config(**_train_options(args))
     G = load_workflow(args.workflow) if args.workflow else None
     with stage("train", args.out): m = train_stage(args.data_dir, args.out, cfg, G, not args.quiet, _say)
-    _say(train_line(m)); _say(f"wrote the model to {args.out} (chat with it: subterranean chat {args.out} --workflow FILE)")
+    _say(train_line(m))
+    _say(f"wrote the model to {args.out} (chat with it: subterranean chat {args.out} --workflow FILE)")
     return 0
 
 # %% ../nbs/07_cli.ipynb #3107b266
@@ -198,7 +206,8 @@ def model_and_workflow(path, workflow=None) -> tuple:
     p = Path(path)
     if (p/"run.json").exists() and (p/"model").is_dir(): p, here = p/"model", p
     else: here = p.parent
-    if not p.is_dir(): raise RunError(f"no model at {path}: compile one first (subterranean compile FILE --out DIR), then pass DIR", 2)
+    if not p.is_dir():
+        raise RunError(f"no model at {path}: compile one first (subterranean compile FILE --out DIR), then pass DIR", 2)
     wf = workflow or (here/"workflow.yaml" if (here/"workflow.yaml").exists() else None)
     return p, wf
 
@@ -207,10 +216,14 @@ def cmd_chat(args) -> int:
     from subterranean.chat import Agent
     model_dir, wf = model_and_workflow(args.model_dir, args.workflow)
     G = load_workflow(wf) if wf else None
-    if G is None: _err("warning: no workflow given (--workflow FILE): the model gets a generic system prompt, not the one it was trained with")
+    if G is None:
+        _err("warning: no workflow given (--workflow FILE): the model gets a generic system prompt, not the one it was "
+             "trained with")
     agent = Agent.from_dir(model_dir, G=G, mode=args.mode, max_new_tokens=args.max_new_tokens)
     tty = sys.stdin.isatty()
-    if tty: _say(f"chatting with {model_dir} ({G.graph.get('name') if G else 'no workflow'}); /reset starts over, /quit or an empty line ends")
+    if tty:
+        _say(f"chatting with {model_dir} ({G.graph.get('name') if G else 'no workflow'}); /reset starts over, /quit or "
+             "an empty line ends")
     hist = []
     while True:
         try: line = input("you> ") if tty else sys.stdin.readline()
@@ -268,21 +281,30 @@ def _sub(sub, name, help, description, example):
                           epilog="example:\n  " + "\n  ".join(example.split("\n")))
 
 def _endpoint_args(p, what="teacher"):
-    g = p.add_argument_group(f"endpoint ({what}); default: the offline template teacher, or api.openai.com when OPENAI_API_KEY is set")
-    g.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
-    g.add_argument("--model", metavar="M", help="the model name on the endpoint (default: the one it serves; gpt-4o-mini on api.openai.com)")
-    g.add_argument("--offline", action="store_true", help="use the offline template teacher even when OPENAI_API_KEY is set")
+    g = p.add_argument_group(f"endpoint ({what}); default: the offline template teacher, or api.openai.com when "
+                             "OPENAI_API_KEY is set")
+    g.add_argument("--base-url", metavar="URL",
+                   help="an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1 (default: $OPENAI_BASE_URL)")
+    g.add_argument("--model", metavar="M", help="the model name on the endpoint (default: the one it serves; "
+                                                "gpt-4o-mini on api.openai.com)")
+    g.add_argument("--offline", action="store_true",
+                   help="use the offline template teacher even when OPENAI_API_KEY is set")
 
 def _train_args(p, skip=("output_dir", "workflow")):
     from subterranean.train import CompileConfig
-    g = config_args(p, CompileConfig, "training (CompileConfig; on a CPU the tiny backend starts from TINY_DEFAULTS, these override)", skip)
-    g.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any CompileConfig field, e.g. --set tiny_hidden=128 (repeatable)")
+    g = config_args(p, CompileConfig, "training (CompileConfig; on a CPU the tiny backend starts from TINY_DEFAULTS, "
+                                      "these override)", skip)
+    g.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="any CompileConfig field, e.g. --set tiny_hidden=128 (repeatable)")
     from subterranean.train import PRESETS
     from subterranean.distributed import CONFIGS
-    g.add_argument("--preset", choices=tuple(PRESETS), help="a named recipe under the other options: paper (full fine-tuning, "
-                   "lr 2e-5, cosine, 8-bit AdamW, global batch 16), paper-8b (the same sharded over GPUs, global batch 32)")
+    g.add_argument("--preset", choices=tuple(PRESETS),
+                   help="a named recipe under the other options: paper (full fine-tuning, "
+                   "lr 2e-5, cosine, 8-bit AdamW, global batch 16), paper-8b (the same sharded over GPUs, global batch "
+                   "32)")
     d = p.add_argument_group("several GPUs (or CPU processes): the same command under accelerate launch")
-    d.add_argument("--distributed", metavar="CONFIG", help=f"an accelerate config: {', '.join(CONFIGS)} (packaged) or a YAML file")
+    d.add_argument("--distributed", metavar="CONFIG",
+                   help=f"an accelerate config: {', '.join(CONFIGS)} (packaged) or a YAML file")
     d.add_argument("--processes", type=int, metavar="N", help="processes for --distributed (default: one per CUDA GPU)")
 
 def _common(p):
@@ -298,76 +320,101 @@ def _model_args(p):
 def build_parser() -> argparse.ArgumentParser:
     "The `subterranean` argument parser; each subcommand sets `func` to its `cmd_*` function."
     p = argparse.ArgumentParser(prog="subterranean", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Compile an agent's procedure (a workflow graph) into the weights of a small model.",
-                                epilog="example:\n  subterranean compile workflows/travel_booking.yaml --out runs/travel\n\n"
+                                description="Compile an agent's procedure (a workflow graph) into the weights of a "
+                                            "small model.",
+                                epilog="example:\n  subterranean compile workflows/travel_booking.yaml --out "
+                                       "runs/travel\n\n"
                                        "`subterranean COMMAND --help` explains each command.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     v = _sub(sub, "validate", "check workflow files; exit 1 with one problem per line if any is invalid",
-             "Check workflow files. Prints `ok: FILE (nodes, hubs, paths)` for each valid one; otherwise every problem on its "
-             "own line on stderr (file, line, node or edge, what is wrong) and exits 1.", "subterranean validate workflows/*.yaml")
+             "Check workflow files. Prints `ok: FILE (nodes, hubs, paths)` for each valid one; otherwise every problem "
+             "on its "
+             "own line on stderr (file, line, node or edge, what is wrong) and exits 1.",
+             "subterranean validate workflows/*.yaml")
     v.add_argument("files", nargs="+", metavar="FILE", help="workflow YAML files")
     v.set_defaults(func=cmd_validate)
-    d = _sub(sub, "draw", "draw a workflow as a picture", "Draw the workflow top-down: node types in colour, decision hubs in bold, "
-             "loops dashed, branch conditions on their edges.", "subterranean draw workflows/travel_booking.yaml --out travel.svg")
-    d.add_argument("file", metavar="FILE"); d.add_argument("--out", metavar="PICTURE", help="a .png, .svg or .pdf file (default: NAME.png)")
+    d = _sub(sub, "draw", "draw a workflow as a picture",
+             "Draw the workflow top-down: node types in colour, decision hubs in bold, "
+             "loops dashed, branch conditions on their edges.",
+             "subterranean draw workflows/travel_booking.yaml --out travel.svg")
+    d.add_argument("file", metavar="FILE")
+    d.add_argument("--out", metavar="PICTURE", help="a .png, .svg or .pdf file (default: NAME.png)")
     d.set_defaults(func=cmd_draw)
-    pa = _sub(sub, "paths", "count the paths through a workflow, by outcome", "Count the start-to-end paths (without listing them, "
+    pa = _sub(sub, "paths", "count the paths through a workflow, by outcome",
+              "Count the start-to-end paths (without listing them, "
               "so huge counts are fine), split by the outcome they end in; optionally list the first N.",
-              "subterranean paths workflows/travel_booking.yaml --list 5\nsubterranean paths workflows/zoom_support.yaml --count")
+              "subterranean paths workflows/travel_booking.yaml --list 5\nsubterranean paths "
+              "workflows/zoom_support.yaml --count")
     pa.add_argument("file", metavar="FILE")
     pa.add_argument("--list", type=int, default=0, metavar="N", help="also print the first N paths")
     pa.add_argument("--max-loops", type=int, default=0, metavar="K", help="a path may visit a node up to K+1 times")
     pa.add_argument("--count", action="store_true", help="print the number of paths only")
     pa.set_defaults(func=cmd_paths)
     im = _sub(sub, "import", "read a Mermaid flowchart or a LangGraph graph into a workflow skeleton",
-              "Read a flowchart people already have into a workflow skeleton (YAML): a Mermaid flowchart (.mmd, or the first "
-              "```mermaid flowchart of a .md file) or a LangGraph StateGraph (FILE.py:ATTR or package.module:ATTR, needs the "
-              "langgraph extra). What is guessed (end outcomes, tool steps) is printed as warnings to check. Then `draft` it.",
+              "Read a flowchart people already have into a workflow skeleton (YAML): a Mermaid flowchart (.mmd, or the "
+              "first "
+              "```mermaid flowchart of a .md file) or a LangGraph StateGraph (FILE.py:ATTR or package.module:ATTR, "
+              "needs the "
+              "langgraph extra). What is guessed (end outcomes, tool steps) is printed as warnings to check. Then "
+              "`draft` it.",
               "subterranean import docs/support.mmd --out workflows/support.yaml\n"
-              "subterranean import docs/README.md --out flow.yaml                  # the first mermaid flowchart block\n"
+              "subterranean import docs/README.md --out flow.yaml                  # the first mermaid flowchart "
+              "block\n"
               "subterranean import agents/support.py:graph --out support.yaml      # a LangGraph StateGraph")
     im.add_argument("source", metavar="FLOWCHART", help="a .mmd/.md file, FILE.py:ATTR or package.module:ATTR")
     im.add_argument("--out", metavar="FILE", help="the workflow YAML to write (default: NAME.yaml)")
     im.add_argument("--name", help="the workflow's name (default: the flowchart's title or the file name)")
     im.set_defaults(func=cmd_import)
     dr = _sub(sub, "draft", "fill in a workflow skeleton: examples, user lines, slots, personas",
-              "Ask a teacher to write what a workflow skeleton lacks: 2-3 example lines per step, 2-3 user lines per branch, "
+              "Ask a teacher to write what a workflow skeleton lacks: 2-3 example lines per step, 2-3 user lines per "
+              "branch, "
               "the slots they use, personas and the agent line. With an endpoint it runs concurrently within a budget; "
               "offline (the default) it drafts from the labels themselves. Review the draft, then compile it.",
-              "subterranean draft workflows/support.yaml --out support.draft.yaml                      # offline, from the labels\n"
-              "subterranean draft docs/support.mmd --out support.draft.yaml --model gpt-4.1-mini --budget-usd 0.5 --prices 0.4,1.6")
+              "subterranean draft workflows/support.yaml --out support.draft.yaml                      # offline, from "
+              "the labels\n"
+              "subterranean draft docs/support.mmd --out support.draft.yaml --model gpt-4.1-mini --budget-usd 0.5 "
+              "--prices 0.4,1.6")
     dr.add_argument("file", metavar="FILE", help="a workflow YAML (or a flowchart `import` reads)")
     dr.add_argument("--out", required=True, metavar="FILE", help="the drafted workflow YAML")
     config_args(dr, GenerateConfig, "drafting", skip=("n", "max_loops", "eval_frac"))
     _endpoint_args(dr); _common(dr); dr.set_defaults(func=cmd_draft)
     g = _sub(sub, "generate", "generate training conversations along a workflow's paths",
-             "Generate conversations that walk every node and edge of the workflow: DIR/conversations.jsonl (a cache: rerun "
-             "the same command to resume), DIR/data (train/eval split, held out by path), DIR/generation.json, DIR/coverage.png.",
+             "Generate conversations that walk every node and edge of the workflow: DIR/conversations.jsonl (a cache: "
+             "rerun "
+             "the same command to resume), DIR/data (train/eval split, held out by path), DIR/generation.json, "
+             "DIR/coverage.png.",
              "subterranean generate workflows/travel_booking.yaml --out runs/travel -n 300\n"
-             "subterranean generate workflows/travel_booking.yaml --out runs/travel --base-url http://127.0.0.1:8000/v1 --model qwen")
+             "subterranean generate workflows/travel_booking.yaml --out runs/travel --base-url "
+             "http://127.0.0.1:8000/v1 --model qwen")
     g.add_argument("file", metavar="FILE"); g.add_argument("--out", required=True, metavar="DIR")
     config_args(g, GenerateConfig, "generation (GenerateConfig)", aliases={"n": ["-n"]})
     _endpoint_args(g); _common(g); g.set_defaults(func=cmd_generate)
     t = _sub(sub, "train", "fine-tune a model on generated conversations",
-             "Compile the conversations in DATA_DIR (written by `generate`) into a model in --out: Unsloth 4-bit QLoRA on a CUDA "
+             "Compile the conversations in DATA_DIR (written by `generate`) into a model in --out: Unsloth 4-bit QLoRA "
+             "on a CUDA "
              "GPU, a tiny model trained from scratch on a CPU, or transformers + PEFT with --backend hf.",
              "subterranean train runs/travel/data --out runs/travel/model --epochs 2")
     t.add_argument("data_dir", metavar="DATA_DIR"); t.add_argument("--out", required=True, metavar="DIR")
     t.add_argument("--workflow", metavar="FILE", help="the workflow (default: named by the data)")
     _train_args(t); _common(t); t.set_defaults(func=cmd_train)
     c = _sub(sub, "chat", "talk to a compiled model in the terminal",
-             "Chat with a compiled model: type a line, read the reply. Reads standard input line by line, so a pipe works too. "
+             "Chat with a compiled model: type a line, read the reply. Reads standard input line by line, so a pipe "
+             "works too. "
              "/reset starts a new conversation; /quit, an empty line at the prompt or end of input ends.",
              "subterranean chat runs/travel\nprintf 'Hi!\\nTokyo in May, 2 of us\\n' | subterranean chat runs/travel")
     _model_args(c)
-    c.add_argument("--mode", choices=("compiled", "in-context", "base"), default="compiled", help="which system prompt the model gets")
+    c.add_argument("--mode", choices=("compiled", "in-context", "base"), default="compiled",
+                   help="which system prompt the model gets")
     c.add_argument("--max-new-tokens", type=int, default=200)
     c.set_defaults(func=cmd_chat)
     e = _sub(sub, "evaluate", "evaluate a compiled model on held-out scenarios",
-             "Simulate users on held-out scenarios against the compiled model: path adherence per turn, right end reached, "
-             "the customer's details stated right, task success, tokens and latency; with an endpoint also an LLM judge's "
+             "Simulate users on held-out scenarios against the compiled model: path adherence per turn, right end "
+             "reached, "
+             "the customer's details stated right, task success, tokens and latency; with an endpoint also an LLM "
+             "judge's "
              "five rubric scores. Writes report.md and report.json.",
-             "subterranean evaluate runs/travel -n 20\nsubterranean evaluate runs/travel/model --workflow workflows/travel_booking.yaml --out eval")
+             "subterranean evaluate runs/travel -n 20\nsubterranean evaluate runs/travel/model --workflow "
+             "workflows/travel_booking.yaml --out eval")
     _model_args(e)
     e.add_argument("--data", metavar="DIR", help="the data the model was trained on (its eval split comes first)")
     e.add_argument("--out", metavar="DIR", help="where the report goes (default: MODEL_DIR/eval)")
@@ -375,10 +422,12 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(e, EvalConfig, "evaluation (EvalConfig)", aliases={"eval_n": ["-n", "--n"]})
     _endpoint_args(e, "judge"); _common(e); e.set_defaults(func=cmd_evaluate)
     k = _sub(sub, "compile", "every stage: workflow -> conversations -> model -> evaluation (resumable)",
-             "Run every stage into DIR: validate and draw the workflow, generate conversations, train, evaluate on held-out "
+             "Run every stage into DIR: validate and draw the workflow, generate conversations, train, evaluate on "
+             "held-out "
              "scenarios, and write report.md. DIR/run.json records what was done: rerun the same command to resume.",
              "subterranean compile workflows/travel_booking.yaml --out runs/travel\n"
-             "subterranean compile workflows/travel_booking.yaml --out runs/travel-gpt --model gpt-4o-mini   # OPENAI_API_KEY set")
+             "subterranean compile workflows/travel_booking.yaml --out runs/travel-gpt --model gpt-4o-mini   # "
+             "OPENAI_API_KEY set")
     k.add_argument("file", metavar="FILE"); k.add_argument("--out", required=True, metavar="DIR")
     k.add_argument("--force", action="store_true", help="start over: replace a run of another workflow in DIR, or of "
                    "an earlier version of this one (which is otherwise recompiled, redoing only what the edit changed)")
@@ -418,9 +467,11 @@ def _library_error(e) -> str|None:
     if name in ("FatalTeacherError", "TeacherError") and mod.startswith("subterranean"):
         return f"{e}: check --base-url, --model and OPENAI_API_KEY, or pass --offline for the template teacher"
     if mod.startswith("subterranean") and name in ("CompileError", "JudgeError", "BudgetStop"): return str(e)
-    if isinstance(e, PermissionError): return f"permission denied: {e.filename}: choose another --out, or fix its permissions"
+    if isinstance(e, PermissionError):
+        return f"permission denied: {e.filename}: choose another --out, or fix its permissions"
     if isinstance(e, ModuleNotFoundError):
-        return f"missing Python package {e.name!r}: pip install 'subterranean-compiler[train]' (or '[gpu]' on a CUDA machine)"
+        return (f"missing Python package {e.name!r}: pip install 'subterranean-compiler[train]' "
+                "(or '[gpu]' on a CUDA machine)")
     return None
 
 def main(argv=None) -> int:
@@ -432,10 +483,12 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None): p.print_help(sys.stderr); return 2
     if args.command not in ("train", "compile") and not is_main_process(): return 0    # the main process does it
     try:
-        if getattr(args, "distributed", None) and not os.environ.get(LAUNCHED): return relaunch(args.distributed, argv, args.processes)
+        if getattr(args, "distributed", None) and not os.environ.get(LAUNCHED): return relaunch(args.distributed, argv,
+            args.processes)
         with stage(args.command):
             if args.command in ("train", "compile"): unsloth_first(getattr(args, "backend", "auto"))
-            with quiet_libraries(getattr(args, "verbose", False) or args.command not in HEAVY): return args.func(args) or 0
+            with quiet_libraries(getattr(args, "verbose", False) or args.command not in HEAVY):
+                return args.func(args) or 0
     except RunError as e: _err_once(f"error: {e}", same_everywhere=e.code == 2); return e.code
     except WorkflowError as e: _err_once(*e.problems); return 1
     except Interrupted as e: _err_once(f"error: {e}"); return 1
@@ -445,4 +498,5 @@ def main(argv=None) -> int:
         _err_once("error: " + " ".join(line.split()), same_everywhere=False); return 1
 
 # %% ../nbs/07_cli.ipynb #76d30928
-if __name__ == "__main__" and "ipykernel" not in sys.modules: sys.exit(main())   # `python -m subterranean.cli`, not a notebook
+# `python -m subterranean.cli`, not a notebook
+if __name__ == "__main__" and "ipykernel" not in sys.modules: sys.exit(main())

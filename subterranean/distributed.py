@@ -131,7 +131,8 @@ def launch_command(config:str, # a packaged config name (ddp, fsdp, zero3, zero3
         import torch
         processes = torch.cuda.device_count() or None
     if processes is None and (yaml.safe_load(path.read_text()) or {}).get("num_processes", -1) < 1:
-        raise ValueError(f"no CUDA GPU here to count and {path.name} names no number of processes: give it (--processes N)")
+        raise ValueError(f"no CUDA GPU here to count and {path.name} names no number of processes: give it "
+                         "(--processes N)")
     if processes: cmd += ["--num_processes", str(processes)]
     if port is not None: cmd += ["--main_process_port", str(port)]
     return cmd + ["-m", "subterranean.cli", *map(str, argv)]

@@ -1,4 +1,4 @@
-"""Teachers (an OpenAI-compatible endpoint, or offline templates), a simulated user, and a resumable, concurrent generator that walks every path of a workflow and returns a `datasets.Dataset`.
+"""Teachers (an endpoint, or offline templates), a simulated user, and a resumable generator of a `datasets.Dataset`.
 
 Docs: https://subterranean-ai.github.io/subterranean-compiler/generate.html.md"""
 
@@ -24,7 +24,7 @@ __all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'DRAFT_S
 
 # %% ../nbs/02_generate.ipynb #93a676ff
 def run_sync(coro):
-    "Run `coro` to completion from synchronous code, also inside a running event loop (Jupyter): then in a worker thread with its own loop."
+    "Run `coro` to completion from synchronous code (inside a running event loop: in a thread with its own loop)."
     try: asyncio.get_running_loop()
     except RuntimeError: return asyncio.run(coro)
     box = {}
@@ -70,7 +70,9 @@ class TemplateTeacher:
         "The line for one turn described by `ctx` (role, lines, slots, persona, seed, turn, attempt)."
         rng = random.Random(f"{self.seed}:{ctx.get('seed', 0)}:{ctx.get('turn', 0)}:{ctx.get('role')}")
         lines = ctx.get("lines")
-        if not lines: raise FatalTeacherError(f"TemplateTeacher: node {ctx.get('node')!r} has no examples to realise its {ctx.get('role')} turn "
+        if not lines:
+            raise FatalTeacherError(f"TemplateTeacher: node {ctx.get('node')!r} has no examples to realise its "
+                                    f"{ctx.get('role')} turn "
                                               "(add `examples` to the node, or use an OpenAITeacher)")
         i = (rng.randrange(len(lines)) + ctx.get("attempt", 0)) % len(lines)   # a retry takes the next line
         text = fill(lines[i], ctx.get("slots") or {}).strip()
@@ -107,8 +109,10 @@ def _retryable(e) -> str|None:
     if isinstance(e, openai.APITimeoutError): return "timeout"
     if isinstance(e, openai.APIConnectionError): return "connection"
     if isinstance(e, openai.RateLimitError): return "429"
-    if isinstance(e, openai.APIStatusError): return "5xx" if e.status_code >= 500 else ("429" if e.status_code == 429 else None)
-    if isinstance(e, (ValueError, KeyError, IndexError, TypeError, AttributeError, openai.APIResponseValidationError)): return "malformed"
+    if isinstance(e, openai.APIStatusError):
+        return "5xx" if e.status_code >= 500 else ("429" if e.status_code == 429 else None)
+    if isinstance(e, (ValueError, KeyError, IndexError, TypeError, AttributeError,
+                      openai.APIResponseValidationError)): return "malformed"
     return None
 
 class OpenAITeacher:
@@ -125,7 +129,8 @@ class OpenAITeacher:
         import openai
         key = api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
-            if base_url is None: raise TeacherError("OpenAITeacher: no API key: set OPENAI_API_KEY or pass api_key= (or give the base_url of a local server)")
+            if base_url is None: raise TeacherError("OpenAITeacher: no API key: set OPENAI_API_KEY or pass api_key= "
+                                                    "(or give the base_url of a local server)")
             key = "not-needed"
         self.model, self.base_url, self.temperature, self.max_tokens = model, base_url, temperature, max_tokens
         self.timeout, self.max_retries, self.backoff, self.max_backoff = timeout, max_retries, backoff, max_backoff
@@ -138,7 +143,8 @@ class OpenAITeacher:
         import openai
         loop = asyncio.get_running_loop()
         if self._clients.get("loop") is not loop:   # an httpx pool belongs to one loop
-            self._clients = {"loop": loop, "client": openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key, timeout=self.timeout, max_retries=0)}
+            self._clients = {"loop": loop, "client": openai.AsyncOpenAI(base_url=self.base_url, api_key=self._key,
+                                                                        timeout=self.timeout, max_retries=0)}
         return self._clients["client"]
 
     @property
@@ -177,7 +183,8 @@ class OpenAITeacher:
                     raise FatalTeacherError(f"{self.id}: {type(e).__name__}: {str(e)[:200]}") from None
                 self.stats[f"retry_{why}"] += 1
                 if attempt == self.max_retries:
-                    raise TeacherError(f"{self.id}: gave up after {attempt + 1} tries, last: {why} ({type(e).__name__})") from None
+                    raise TeacherError(f"{self.id}: gave up after {attempt + 1} tries, "
+                                       f"last: {why} ({type(e).__name__})") from None
                 wait = min(self.max_backoff, self.backoff * 2 ** attempt) * random.uniform(0.5, 1.0)
                 ra = _retry_after(e)
                 if ra is not None: wait = min(self.max_backoff, max(ra, wait))
@@ -209,32 +216,50 @@ def _knowledge(G, node):
     kn = {k["id"]: k["text"] for k in G.graph.get("knowledge") or []}
     return [kn[k] for k in G.nodes[node].get("knowledge") or [] if k in kn]
 
-def agent_prompt(G:nx.DiGraph, node:str, history:list, slots:dict) -> list:
+def agent_prompt(G:nx.DiGraph, # the workflow
+                 node:str, # the node whose turn the agent speaks
+                 history:list, # the conversation so far (chat messages)
+                 slots:dict # the scenario's slot values
+                ) -> list:
     "Chat messages asking a teacher for the agent's next turn at `node`, after `history`."
     d = G.nodes[node]
     sys = [G.graph.get("agent", "You are a helpful assistant."),
-           "Write your next message to the customer. What to do in this message: " + fill(d.get("say") or "continue the conversation helpfully", slots)]
+           "Write your next message to the customer. What to do in this message: "
+           + fill(d.get("say") or "continue the conversation helpfully", slots)]
     facts = _knowledge(G, node)
     if facts: sys.append("Facts you can rely on:\n" + "\n".join(f"- {f}" for f in facts))
-    if d.get("examples"): sys.append("Examples of the style (adapt them, don't copy):\n" + "\n".join(f"- {fill(e, slots)}" for e in d["examples"]))
-    sys.append("Reply with the message only: no name label, no quotes, no stage directions, and do not mention these instructions.")
+    if d.get("examples"):
+        sys.append("Examples of the style (adapt them, don't copy):\n" + "\n".join(f"- {fill(e, slots)}"
+                                                                                   for e in d["examples"]))
+    sys.append("Reply with the message only: no name label, no quotes, no stage directions, and do not mention these "
+               "instructions.")
     return [{"role": "system", "content": "\n\n".join(sys)}] + [m for m in history if m["role"] != "system"]
 
-def user_prompt(G:nx.DiGraph, step:dict, history:list, slots:dict, persona:str) -> list:
+def user_prompt(G:nx.DiGraph, # the workflow
+                step:dict, # the user's step: its branch condition (`when`), `first`, example lines
+                history:list, # the conversation so far (chat messages)
+                slots:dict, # the scenario's slot values
+                persona:str # how the customer talks (one of the workflow's personas)
+               ) -> list:
     "Chat messages asking a simulated user for the customer's next line (the agent's turns become `user`)."
     goal = f"Steer the conversation so that: {step['when']}." if step.get("when") else (
         "Open the conversation." if step.get("first") else "Answer the agent's last message naturally.")
     details = ", ".join(f"{k}: {v}" for k, v in slots.items())
     sys = [f"You are role-playing a customer talking to a support agent. Your personality: {persona}.",
            f"Your details (use them when they fit): {details}.", goal,
-           "Lines in the spirit of what you might say:\n" + "\n".join(f"- {fill(l, slots)}" for l in step["user_lines"]),
-           "Write only your next message as the customer, in one to three sentences: no name label, no quotes, no stage directions."]
+           "Lines in the spirit of what you might say:\n" + "\n".join(f"- {fill(l, slots)}"
+                                                                      for l in step["user_lines"]),
+           "Write only your next message as the customer, in one to three sentences: no name label, no quotes, no "
+           "stage directions."]
     flip = {"user": "assistant", "assistant": "user"}
-    return [{"role": "system", "content": "\n\n".join(sys)}] + [{"role": flip[m["role"]], "content": m["content"]} for m in history if m["role"] != "system"]
+    return [{"role": "system", "content": "\n\n".join(sys)}] + [{"role": flip[m["role"]], "content": m["content"]}
+                                                                for m in history if m["role"] != "system"]
 
 # %% ../nbs/02_generate.ipynb #23d00052
 _AS_AI = re.compile(r"\b(as an ai|i am an ai|i'm an ai|as a language model|language model)\b", re.I)
-_STAGE = re.compile(r"\[[^\]]{1,80}\]|(?<![*\w])\*[a-z][a-z ,']{1,40}\*(?![*\w])|\((?:pauses|smiles|laughs|sighs|waits|nods|typing|thinking|checks)[^)]*\)", re.I)
+_STAGE = re.compile(r"\[[^\]]{1,80}\]|(?<![*\w])\*[a-z][a-z "
+                    r",']{1,40}\*(?![*\w])|\((?:pauses|smiles|laughs|sighs|waits|nods|typing|thinking|checks)[^)]*\)",
+                    re.I)
 _LABEL = re.compile(r"^\s*\**(customer|user|client|caller|agent|assistant|support|[A-Z][a-z]+)\**\s*:\s*", re.I)
 _OTHER = {"agent": ("customer", "user", "client", "caller"), "user": ("agent", "assistant", "support")}
 
@@ -255,21 +280,30 @@ def _kgrams(text, k=5):
 def _when_grams(G, k=5):
     "Word k-grams of every `when` in `G` (what a turn must not echo), less those the workflow's own example lines use."
     g = set().union(*(_kgrams(w, k) for *_, w in G.edges(data="when")))
-    own = [e for _, d in G.nodes(data=True) for e in d.get("examples") or []] + [u for *_, us in G.edges(data="user") for u in us or []]
+    own = [e for _, d in G.nodes(data=True) for e in d.get("examples") or []] + [u for *_, us in G.edges(data="user")
+                                                                                 for u in us or []]
     return g - set().union(*(_kgrams(e, k) for e in own))
 
-def check_turn(text:str, role:str, G:nx.DiGraph, history:list=(), max_chars:int=1500, grams:set=None) -> str|None:
+def check_turn(text:str, # the proposed turn
+               role:str, # 'agent' or 'user'
+               G:nx.DiGraph, # the workflow
+               history:list=(), # the conversation so far (chat messages)
+               max_chars:int=1500, # longer turns are rejected
+               grams:set=None # n-grams of the turns so far, to reject repeats
+              ) -> str|None:
     "The reason to reject `text` as the next `role` ('agent'|'user') turn, or None if it is fine."
     if not text or not text.strip(): return "empty"
     m = _LABEL.match(text)
-    if (m and m[1].lower() in _OTHER[role]) or re.search(r"\n\s*(%s)\s*:" % "|".join(_OTHER[role] + _OTHER["agent" if role == "user" else "user"]), text, re.I):
+    if (m and m[1].lower() in _OTHER[role]) or re.search(r"\n\s*(%s)\s*:" % "|".join(_OTHER[role] + _OTHER["agent"
+        if role == "user" else "user"]), text, re.I):
         return "wrong_role"
     if len(text) > max_chars: return "too_long"
     if _AS_AI.search(text): return "as_an_ai"
     if _STAGE.search(text): return "stage_direction"
     if re.search(r"\{[A-Za-z_]\w*\}", text): return "placeholder"
     low = text.lower()
-    if any(re.search(r"(?<![\w])" + re.escape(n.lower()) + r"(?![\w])", low) for n in G.nodes if "_" in n): return "leak_node_id"
+    if any(re.search(r"(?<![\w])" + re.escape(n.lower()) + r"(?![\w])", low) for n in G.nodes if "_" in n):
+        return "leak_node_id"
     ws = _norm(text).split()
     grams = _when_grams(G) if grams is None else grams
     if any(" ".join(ws[i:i + 5]) in grams for i in range(len(ws) - 4)): return "leak_when"
@@ -289,7 +323,10 @@ def similarity(a:str, b:str) -> float:
     A, B = _grams(a), _grams(b)
     return 2 * len(A & B) / (len(A) + len(B)) if A and B else 0.0
 
-def match_node(text:str, G:nx.DiGraph, slots:dict=None) -> tuple:
+def match_node(text:str, # an agent turn
+               G:nx.DiGraph, # the workflow
+               slots:dict=None # slot values to fill the examples with
+              ) -> tuple:
     "The speaking node of `G` whose examples (or `say`) `text` is most similar to, and that similarity."
     best = (None, 0.0)
     for n in G.nodes:
@@ -318,11 +355,12 @@ class _Run:
         return ((self.budget_tokens is not None and tok > self.budget_tokens) or
                 (self.budget_usd is not None and usd > self.budget_usd + 1e-12))
     async def before_call(self) -> tuple:
-        "Reserve room for one more call (as big as the biggest so far), or stop when the calls in flight and it would pass the budget."
+        "Reserve room for one more call (as big as the biggest so far), or stop when it would pass the budget."
         if self.stopped: raise BudgetStop()
         if self.budget_tokens is None and self.budget_usd is None: return (0, 0.0)
         while self.in_flight and self.max_call == (0, 0.0): await asyncio.sleep(0.005)   # the first call sizes the rest
-        if self.stopped or self._over(self.tokens + self.reserved_tok + self.max_call[0], self.usd + self.reserved_usd + self.max_call[1]):
+        if self.stopped or self._over(self.tokens + self.reserved_tok + self.max_call[0],
+                                      self.usd + self.reserved_usd + self.max_call[1]):
             self.stopped = True; raise BudgetStop()
         self.in_flight += 1; self.reserved_tok += self.max_call[0]; self.reserved_usd += self.max_call[1]
         return self.max_call
@@ -363,7 +401,15 @@ async def _turn(teacher, msgs, ctx, role, G, history, run, st, tries, max_chars,
         st["rejections"][f"{role}:{why}"] += 1; run.rejections[f"{role}:{why}"] += 1
     return None
 
-async def converse(G:nx.DiGraph, scenario:dict, teacher, user=None, run:_Run=None, tries:int=3, max_chars:int=1500, grams=None) -> dict|None:
+async def converse(G:nx.DiGraph, # the workflow
+                   scenario:dict, # from `sample_scenarios`: path, slots, persona, seed
+                   teacher, # writes the agent's turns
+                   user=None, # writes the customer's turns (default: the same teacher)
+                   run:_Run=None, # the run's shared budget and counters
+                   tries:int=3, # attempts per turn before the conversation is dropped
+                   max_chars:int=1500, # longer turns are rejected
+                   grams=None # n-grams seen so far, to reject repeats
+                  ) -> dict|None:
     "Generate the conversation of one `scenario` along its path; the dataset row, or None when a turn fails every try."
     user, run = user or teacher, run or _Run()
     grams = _when_grams(G) if grams is None else grams
@@ -373,12 +419,14 @@ async def converse(G:nx.DiGraph, scenario:dict, teacher, user=None, run:_Run=Non
     base = dict(slots=slots, persona=persona, seed=scenario.get("seed", 0))
     for j, step in enumerate(turn_plan(G, path)):
         ctx = dict(base, role="user", turn=j, lines=step["user_lines"], when=step["when"], first=step["first"])
-        u = await _turn(user, user_prompt(G, step, msgs, slots, persona), ctx, "user", G, msgs, run, st, tries, max_chars, grams)
+        u = await _turn(user, user_prompt(G, step, msgs, slots, persona), ctx, "user", G, msgs, run, st, tries,
+                        max_chars, grams)
         if u is None: return None
         msgs.append({"role": "user", "content": u})
         d = G.nodes[step["node"]]
         ctx = dict(base, role="agent", turn=j, node=step["node"], lines=d.get("examples") or [], say=d.get("say"))
-        a = await _turn(teacher, agent_prompt(G, step["node"], msgs, slots), ctx, "agent", G, msgs, run, st, tries, max_chars, grams)
+        a = await _turn(teacher, agent_prompt(G, step["node"], msgs, slots), ctx, "agent", G, msgs, run, st, tries,
+                        max_chars, grams)
         if a is None: return None
         msgs.append({"role": "assistant", "content": a})
     tid = teacher.id if user is teacher else f"{teacher.id}|user={user.id}"
@@ -387,7 +435,8 @@ async def converse(G:nx.DiGraph, scenario:dict, teacher, user=None, run:_Run=Non
                               slots=json.dumps(slots, sort_keys=True, default=str)),
                 outcome=G.nodes[path[-1]].get("outcome", ""), teacher=tid,
                 workflow=dict(name=G.graph.get("name", ""), hash=workflow_hash(G)),
-                stats=dict(calls=st["calls"], prompt_tokens=st["prompt_tokens"], completion_tokens=st["completion_tokens"],
+                stats=dict(calls=st["calls"], prompt_tokens=st["prompt_tokens"],
+                           completion_tokens=st["completion_tokens"],
                            cost=round(st["cost"], 8), rejections=json.dumps(dict(st["rejections"]), sort_keys=True)))
 
 # %% ../nbs/02_generate.ipynb #a6cdb00e
@@ -404,7 +453,10 @@ def conversation_key(G:nx.DiGraph, scenario:dict) -> str:
                    sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(s.encode()).hexdigest()[:20]
 
-def cache_key(G:nx.DiGraph, scenario:dict, teacher_id:str) -> str:
+def cache_key(G:nx.DiGraph, # the workflow
+              scenario:dict, # the scenario of the conversation
+              teacher_id:str # the teacher's `id` (endpoint and model)
+             ) -> str:
     "The cache key of one conversation: what it depends on (`conversation_key`) and the teacher."
     import hashlib
     return hashlib.sha256(json.dumps([conversation_key(G, scenario), teacher_id]).encode()).hexdigest()[:20]
@@ -429,7 +481,10 @@ def load_cache(path) -> dict:
         with open(path, "r+b") as f: f.truncate(good); f.flush(); os.fsync(f.fileno())
     return out
 
-def append_cache(f, key:str, row:dict):
+def append_cache(f, # the cache file, open for appending
+                 key:str, # `cache_key` of the conversation
+                 row:dict # the dataset row
+                ):
     "Append one conversation to the open cache file `f` and make it durable."
     f.write(json.dumps({"key": key, "row": row}, ensure_ascii=False) + "\n")
     f.flush(); os.fsync(f.fileno())
@@ -457,11 +512,25 @@ def _reusable(G, done:dict, keys:list, max_chars:int=1500) -> dict:
         if r is not None and r.get("workflow") == wf: out[k] = r
     return out
 
-async def agenerate_conversations(G:nx.DiGraph, n:int, teacher, user=None, seed:int=0, concurrency:int=8, cache=None,
-                                  budget_tokens:int=None, budget_usd:float=None, prices=None, progress:bool=True,
-                                  tries:int=3, max_chars:int=1500, max_loops:int=1, scenarios:list=None):
+async def agenerate_conversations(G:nx.DiGraph, # the workflow
+                                  n:int, # how many conversations (scenarios from `sample_scenarios(G, n, seed)`)
+                                  teacher, # writes the agent's turns
+                                  user=None, # writes the customer's turns (default: the same teacher)
+                                  seed:int=0, # scenario seed
+                                  concurrency:int=8, # conversations in flight
+                                  cache=None, # JSONL file: resume from it, append to it
+                                  budget_tokens:int=None, # stop before the run's tokens would pass this
+                                  budget_usd:float=None, # stop before the run's spend would pass this (needs `prices`)
+                                  prices=None, # (prompt, completion) dollars per million tokens
+                                  progress:bool=True, # show a tqdm bar
+                                  tries:int=3, # attempts per turn before a conversation is dropped
+                                  max_chars:int=1500, # longer turns are rejected
+                                  max_loops:int=1, # times a path may go round a loop
+                                  scenarios:list=None # these scenarios instead of sampling `n`
+                                 ):
     "Async `generate_conversations`: a `datasets.Dataset` of up to `n` conversations (see there)."
-    if budget_usd is not None and prices is None: raise ValueError("budget_usd needs prices=(prompt, completion) in dollars per million tokens")
+    if budget_usd is not None and prices is None:
+        raise ValueError("budget_usd needs prices=(prompt, completion) in dollars per million tokens")
     from datasets import Dataset
     if scenarios is None:
         from subterranean.paths import sample_scenarios
@@ -472,7 +541,8 @@ async def agenerate_conversations(G:nx.DiGraph, n:int, teacher, user=None, seed:
     keys = [cache_key(G, s, tid) for s in scs]
     done = _reusable(G, load_cache(cache) if cache else {}, keys, max_chars)
     todo = [(k, s) for k, s in zip(keys, scs) if k not in done]
-    todo.sort(key=lambda ks: -len(ks[1]["path"]))      # longest first: the last wave finishes together (rows stay in scenario order)
+    # longest first: the last wave finishes together (rows stay in scenario order)
+    todo.sort(key=lambda ks: -len(ks[1]["path"]))
     run, grams, sem = _Run(budget_tokens, budget_usd, prices), _when_grams(G), asyncio.Semaphore(concurrency)
     f = open(cache, "a", encoding="utf-8") if cache else None
     bar, t0, in_flight = _bar(len(scs), len(scs) - len(todo), progress), time.perf_counter(), [0]
@@ -499,7 +569,8 @@ async def agenerate_conversations(G:nx.DiGraph, n:int, teacher, user=None, seed:
         for t in {id(teacher): teacher, id(user_): user_}.values():
             if hasattr(t, "aclose"): await t.aclose()
     rows = [done[k] for k in keys if k in done]
-    info = dict(requested=len(scs), returned=len(rows), from_cache=len(scs) - len(todo), generated=len(rows) - (len(scs) - len(todo)),
+    info = dict(requested=len(scs), returned=len(rows), from_cache=len(scs) - len(todo),
+                generated=len(rows) - (len(scs) - len(todo)),
                 dropped=run.dropped, failed=run.failed, budget_stop=run.stopped, run_tokens=run.tokens,
                 run_usd=round(run.usd, 6), rejections=dict(run.rejections), errors=run.errors[:5],
                 seconds=round(time.perf_counter() - t0, 3))
@@ -529,7 +600,8 @@ def generate_conversations(G:nx.DiGraph, # the workflow
                            **kw # tries, max_chars, max_loops, scenarios
                           ):
     "Generate up to `n` conversations along the workflow's paths; a `datasets.Dataset` in scenario order."
-    return run_sync(agenerate_conversations(G, n, teacher, user, seed, concurrency, cache, budget_tokens, budget_usd, prices, progress, **kw))
+    return run_sync(agenerate_conversations(G, n, teacher, user, seed, concurrency, cache, budget_tokens, budget_usd,
+                                            prices, progress, **kw))
 
 # %% ../nbs/02_generate.ipynb #4f19d247
 @dataclass
@@ -541,8 +613,10 @@ class GenerateConfig:
     max_loops: int = field(default=1, metadata={"help": "a path may visit a node up to max_loops+1 times"})
     eval_frac: float = field(default=0.1, metadata={"help": "share of conversations held out (by path) for evaluation"})
     budget_tokens: int = field(default=None, metadata={"help": "stop generating before the teacher's tokens pass this"})
-    budget_usd: float = field(default=None, metadata={"help": "stop before the spend passes this many dollars (needs prices)"})
-    prices: tuple = field(default=None, metadata={"help": "teacher prices: prompt,completion dollars per million tokens"})
+    budget_usd: float = field(default=None,
+                              metadata={"help": "stop before the spend passes this many dollars (needs prices)"})
+    prices: tuple = field(default=None,
+                          metadata={"help": "teacher prices: prompt,completion dollars per million tokens"})
 
     def __post_init__(self):
         if self.budget_usd is not None and self.prices is None:
@@ -553,7 +627,8 @@ class GenerateConfig:
 # %% ../nbs/02_generate.ipynb #b1a9ecc5
 def split_conversations(ds, # a dataset from `generate_conversations`
                         eval_frac:float=0.1, # share of conversations held out
-                        seed:int=0):
+                        seed:int=0 # seeds which paths are held out
+                       ):
     "A `DatasetDict(train=..., eval=...)`, held out by path and scenario, never by turn."
     from datasets import DatasetDict
     if len(ds) < 2: raise ValueError(f"split_conversations: need at least 2 conversations, got {len(ds)}")
@@ -570,7 +645,10 @@ def split_conversations(ds, # a dataset from `generate_conversations`
     return DatasetDict(train=ds.select([i for i in range(len(ds)) if i not in evs]), eval=ds.select(sorted(evs)))
 
 # %% ../nbs/02_generate.ipynb #f705476f
-def generation_summary(ds, G:nx.DiGraph=None, prices=None) -> dict:
+def generation_summary(ds, # a dataset from `generate_conversations`
+                       G:nx.DiGraph=None, # the workflow, for node and edge coverage
+                       prices=None # (prompt, completion) dollars per million tokens (default: the recorded cost)
+                      ) -> dict:
     "Conversations, turns (min/median/max), outcomes, node and edge coverage, rejections, tokens and cost of `ds`."
     turns = [sum(m["role"] != "system" for m in ms) for ms in ds["messages"]] or [0]
     st = ds["stats"] if "stats" in ds.column_names else []
@@ -580,7 +658,8 @@ def generation_summary(ds, G:nx.DiGraph=None, prices=None) -> dict:
     for k, v in info.get("rejections", {}).items(): rej[k] = max(rej[k], v)   # the run also saw dropped conversations
     pt, ct = sum(s["prompt_tokens"] for s in st), sum(s["completion_tokens"] for s in st)
     pp, pc = _prices(prices)
-    cost = sum(s["cost"] for s in st) if prices is None else pt * pp / 1e6 + ct * pc / 1e6   # as recorded, or at `prices`
+    # as recorded, or at `prices`
+    cost = sum(s["cost"] for s in st) if prices is None else pt * pp / 1e6 + ct * pc / 1e6
     out = dict(conversations=len(ds), turns=dict(min=min(turns), median=statistics.median(turns), max=max(turns)),
                outcomes=dict(Counter(ds["outcome"])), prompt_tokens=pt, completion_tokens=ct, cost_usd=round(cost, 6),
                rejections=dict(rej), dropped=info.get("dropped", 0), failed=info.get("failed", 0))
@@ -598,18 +677,22 @@ def render_conversation(row:dict):
     tn, k, out = row.get("turn_nodes") or [], 0, []
     out.append('<div style="font-family:sans-serif;max-width:720px">')
     sc = row.get("scenario") or {}
-    out.append(f'<div style="color:#666;font-size:12px;margin:4px">{html.escape(str(row.get("workflow", {}).get("name", "")))} · '
-               f'persona {html.escape(str(sc.get("persona", "")))} · outcome <b>{html.escape(str(row.get("outcome", "")))}</b></div>')
+    name = html.escape(str(row.get("workflow", {}).get("name", "")))
+    out.append(f'<div style="color:#666;font-size:12px;margin:4px">{name} · '
+               f'persona {html.escape(str(sc.get("persona", "")))} · outcome '
+               f'<b>{html.escape(str(row.get("outcome", "")))}</b></div>')
     for m in row["messages"]:
         c = html.escape(m["content"])
         if m["role"] == "system":
-            out.append(f'<div style="color:#888;font-size:12px;font-style:italic;margin:4px">system: {c}</div>'); continue
+            out.append(f'<div style="color:#888;font-size:12px;font-style:italic;margin:4px">system: {c}</div>')
+            continue
         me = m["role"] == "assistant"
         tag = ""
         if me and k < len(tn):
             tag = f'<div style="font-size:10px;color:#2b6cb0">{html.escape(tn[k])}</div>'; k += 1
         out.append(f'<div style="display:flex;justify-content:{"flex-start" if me else "flex-end"}">'
-                   f'<div style="background:{"#e8f0fe" if me else "#e6f4ea"};border-radius:12px;padding:6px 10px;margin:3px;max-width:75%">{tag}{c}</div></div>')
+                   f'<div style="background:{"#e8f0fe" if me else "#e6f4ea"};border-radius:12px;padding:6px '
+                   f'10px;margin:3px;max-width:75%">{tag}{c}</div></div>')
     out.append("</div>")
     return HTML("".join(out))
 
@@ -620,10 +703,13 @@ def draw_coverage(ds, G:nx.DiGraph):
     nodes = list(G.nodes)
     col = {"agent": "#4c78a8", "decision": "#f58518", "tool": "#54a24b", "end": "#b279a2"}
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.22 * len(nodes))), dpi=80)
-    ax.barh(range(len(nodes)), [cnt[n] for n in nodes], color=[col.get(G.nodes[n].get("type"), "gray") if cnt[n] else "red" for n in nodes])
-    ax.set_yticks(range(len(nodes)), nodes, fontsize=7); ax.invert_yaxis(); ax.set_xlabel("conversations visiting the node")
+    ax.barh(range(len(nodes)), [cnt[n] for n in nodes],
+            color=[col.get(G.nodes[n].get("type"), "gray") if cnt[n] else "red" for n in nodes])
+    ax.set_yticks(range(len(nodes)), nodes, fontsize=7); ax.invert_yaxis()
+    ax.set_xlabel("conversations visiting the node")
     s = generation_summary(ds, G)
-    ax.set_title(f"{G.graph.get('name', '')}: node coverage {s['node_coverage']:.0%}, edge coverage {s['edge_coverage']:.0%}", fontsize=9)
+    ax.set_title(f"{G.graph.get('name', '')}: node coverage {s['node_coverage']:.0%}, edge coverage "
+                 f"{s['edge_coverage']:.0%}", fontsize=9)
     fig.tight_layout()
     return fig
 
@@ -654,7 +740,8 @@ def incremental_scenarios(previous:list, # the previous run's scenarios (`row_sc
 def replay_sample(ds, # conversations after an edit
                   status:dict, # scenario id -> reused | regenerated | new (`incremental_scenarios`)
                   ratio:float=1.0, # reused conversations to draw per regenerated or new one
-                  seed:int=0):
+                  seed:int=0 # seeds the draw
+                 ):
     "The regenerated and new conversations of `ds`, and `ratio` times as many reused ones drawn at random."
     ids = [s["id"] for s in ds["scenario"]]
     fresh = [i for i, x in enumerate(ids) if status.get(x) != "reused"]
@@ -665,7 +752,8 @@ def replay_sample(ds, # conversations after an edit
 def split_after_edit(ds, # conversations after an edit
                      previous:dict, # scenario id -> "train" or "eval" in the previous split
                      eval_frac:float=0.1, # share of the conversations on new paths held out
-                     seed:int=0):
+                     seed:int=0 # seeds which new paths are held out
+                    ):
     "`DatasetDict(train, eval)`: old scenarios keep their side, new ones go with their path; new paths split by path."
     from datasets import DatasetDict
     ids, paths = [s["id"] for s in ds["scenario"]], [tuple(p) for p in ds["path"]]
@@ -1060,8 +1148,17 @@ def _draft_note(teacher):
                 "labels; review and edit them before compiling.")
     return f"Drafted by {teacher.id}: review and edit the lines before compiling."
 
-async def adraft_workflow(G:nx.DiGraph, teacher, seed:int=0, concurrency:int=8, budget_tokens:int=None,
-                          budget_usd:float=None, prices=None, tries:int=3, progress:bool=True, warnings:list=None):
+async def adraft_workflow(G:nx.DiGraph, # a workflow skeleton, e.g. from `from_mermaid` or `from_langgraph`
+                          teacher, # an `OpenAITeacher`, or a `TemplateTeacher` to draft offline from the labels
+                          seed:int=0, # seeds the offline drafts
+                          concurrency:int=8, # tasks in flight
+                          budget_tokens:int=None, # stop asking before the tokens pass this
+                          budget_usd:float=None, # the same in dollars (needs `prices`)
+                          prices=None, # (prompt, completion) dollars per million tokens
+                          tries:int=3, # attempts per task
+                          progress:bool=True, # show a tqdm bar
+                          warnings:list=None # a list to append what the user should check to
+                         ):
     "Async `draft_workflow` (see there)."
     validate_workflow(G)                                   # structurally sound (missing examples are why we are here)
     D, W, run, sem = copy.deepcopy(G), [], _Run(budget_tokens, budget_usd, prices), asyncio.Semaphore(concurrency)

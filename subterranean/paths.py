@@ -1,4 +1,4 @@
-"""Every way through a workflow: enumerate the paths lazily, count them without listing them, and sample scenarios that walk every node and every edge.
+"""Every way through a workflow: paths listed lazily, counted without listing, scenarios that walk every edge.
 
 Docs: https://subterranean-ai.github.io/subterranean-compiler/paths.html.md"""
 
@@ -92,12 +92,16 @@ def count_paths(G:nx.DiGraph, # the workflow
     return _memo_count(H, start, ends, cap)
 
 # %% ../nbs/01_paths.ipynb #7e4b313d
-def sample_slot(name:str, spec, rng:random.Random):
+def sample_slot(name:str, # the slot's name (for the error)
+                spec, # a list of values, `{min, max}` or `{choices: [...]}`
+                rng:random.Random # the scenario's random generator
+               ):
     "One value of slot `name`: a list -> a choice; `{min, max}` -> an int in between; `{choices: [...]}` -> a choice."
     if isinstance(spec, (list, tuple)) and spec: return rng.choice(list(spec))
     if isinstance(spec, dict) and isinstance(spec.get("choices"), (list, tuple)) and spec["choices"]:
         return rng.choice(list(spec["choices"]))
-    if isinstance(spec, dict) and isinstance(spec.get("min"), int) and isinstance(spec.get("max"), int) and spec["min"] <= spec["max"]:
+    if isinstance(spec, dict) and isinstance(spec.get("min"), int) and isinstance(spec.get("max"),
+                                                                                  int) and spec["min"] <= spec["max"]:
         return rng.randint(spec["min"], spec["max"])
     raise WorkflowError(f"slot {name!r}: spec {spec!r} is not a list, {{min, max}} or {{choices: [...]}}")
 
@@ -121,7 +125,8 @@ def _walk(G, start, ends, cap, rng):
 
 def _edge_paths(G, start, ends, cap):
     "For each edge u->v, the shortest start..u->v..end path, when it visits no node more than `cap` times."
-    to_end = nx.multi_source_dijkstra_path(G.reverse(copy=False), [n for n in G if n in ends]) if ends else {}  # a list in node order: ties break the same way in every process
+    # a list in node order: ties break the same way in every process
+    to_end = nx.multi_source_dijkstra_path(G.reverse(copy=False), [n for n in G if n in ends]) if ends else {}
     from_start = nx.single_source_shortest_path(G, start)
     out = []
     for u, v in G.edges:
@@ -130,8 +135,12 @@ def _edge_paths(G, start, ends, cap):
         if max(Counter(p).values()) <= cap and not ends & set(p[:-1]): out.append(p)
     return out
 
-def candidate_paths(G:nx.DiGraph, max_loops:int=1, limit:int=5000, seed:int=0) -> list:
-    "Distinct paths to draw scenarios from: all of them when there are at most `limit`, else random walks; plus a shortest path through every edge."
+def candidate_paths(G:nx.DiGraph, # the workflow
+                    max_loops:int=1, # times a path may go round a loop
+                    limit:int=5000, # list all paths up to this many, else sample random walks
+                    seed:int=0 # seeds the random walks
+                   ) -> list:
+    "Paths to draw scenarios from: all when there are at most `limit`, else random walks; plus a shortest one per edge."
     cap, start, ends = _cap(max_loops), _start(G), _ends(G)
     ps = list(islice(acyclic_paths(G, max_loops), limit + 1))
     if len(ps) > limit:                                   # too many to list: sample random walks instead
@@ -146,7 +155,10 @@ def candidate_paths(G:nx.DiGraph, max_loops:int=1, limit:int=5000, seed:int=0) -
     return out
 
 # %% ../nbs/01_paths.ipynb #22e8c7f6
-def greedy_cover(paths:list, n:int=None, covered=()) -> list:
+def greedy_cover(paths:list, # node lists
+                 n:int=None, # at most this many (default: as many as covering needs)
+                 covered=() # nodes and edges already covered
+                ) -> list:
     "Indices of paths covering every node and edge the paths cover (less `covered`): most new items first, at most `n`."
     items = [path_items(p) for p in paths]
     heap = [(-len(s), len(p), i) for i, (s, p) in enumerate(zip(items, paths))]
@@ -182,10 +194,12 @@ def sample_scenarios(G:nx.DiGraph, # the workflow
                      max_loops:int=1, # paths may visit a node up to max_loops+1 times
                      limit:int=5000, # at most this many candidate paths are listed (random walks beyond)
                     ) -> list:
-    "`n` scenarios (path, slots, persona) covering every node and edge when `n` allows, the rest spread over outcomes and paths."
+    "`n` scenarios (path, slots, persona) covering every node and edge when `n` allows, the rest spread over outcomes."
     if not isinstance(n, int) or n < 1: raise ValueError(f"sample_scenarios: n must be an int >= 1, got {n!r}")
     paths = candidate_paths(G, max_loops, limit, seed)
-    if not paths: raise WorkflowError(f"workflow {G.graph.get('name', '?')!r}: no end node is reachable from start {G.graph.get('start')!r}")
+    if not paths:
+        raise WorkflowError(f"workflow {G.graph.get('name', '?')!r}: no end node is reachable from start "
+                            f"{G.graph.get('start')!r}")
     rng = random.Random(seed)
     idx = _spread(G, paths, greedy_cover(paths, n), n, rng)
     personas = list(G.graph.get("personas") or ["neutral"])
@@ -209,7 +223,10 @@ def coverage(G:nx.DiGraph, scenarios:list) -> dict:
                 uncovered_nodes=un_n, uncovered_edges=un_e)
 
 # %% ../nbs/01_paths.ipynb #922db62e
-def path_in(G:nx.DiGraph, path:list, max_loops:int=1) -> bool:
+def path_in(G:nx.DiGraph, # the workflow
+            path:list, # node ids
+            max_loops:int=1 # times the path may go round a loop
+           ) -> bool:
     "Whether `path` is a start-to-end path of `G` that visits no node more than `max_loops`+1 times."
     ends = _ends(G)
     return (bool(path) and path[0] == G.graph.get("start") and path[-1] in ends and not ends & set(path[:-1])
@@ -281,8 +298,11 @@ def update_scenarios(G:nx.DiGraph, # the workflow after the edit
     return kept, new, dropped
 
 # %% ../nbs/01_paths.ipynb #736e07fc
-def draw_scenarios(G:nx.DiGraph, scenarios:list, path=None):
-    "Two panels: path lengths by outcome, and how often each edge is walked (every bar above 0 means full edge coverage)."
+def draw_scenarios(G:nx.DiGraph, # the workflow
+                   scenarios:list, # from `sample_scenarios`
+                   path=None # save the figure there too
+                  ):
+    "Two panels: path lengths by outcome, and how often each edge is walked (every bar above 0: full edge coverage)."
     import matplotlib.pyplot as plt
     from subterranean.workflow import OUTCOME_COLORS
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
@@ -291,7 +311,8 @@ def draw_scenarios(G:nx.DiGraph, scenarios:list, path=None):
     lo, hi = min(min(v) for v in by.values()), max(max(v) for v in by.values())
     a.hist(list(by.values()), bins=range(lo, hi + 2), stacked=True, label=list(by),
            color=[OUTCOME_COLORS.get(o, "#cccccc") for o in by], edgecolor="#555555", linewidth=0.4)
-    a.set(xlabel="nodes on the path", ylabel="scenarios", title=f"{len(scenarios)} scenarios by outcome"); a.legend(fontsize=8)
+    a.set(xlabel="nodes on the path", ylabel="scenarios", title=f"{len(scenarios)} scenarios by outcome")
+    a.legend(fontsize=8)
     uses = Counter(e for s in scenarios for e in zip(s["path"], s["path"][1:]))
     ys = sorted((uses[e] for e in G.edges), reverse=True)
     b.bar(range(len(ys)), ys, color="#6fa8dc", width=1.0); b.set_yscale("symlog")
@@ -307,7 +328,8 @@ def draw_scenarios(G:nx.DiGraph, scenarios:list, path=None):
 def workflow_summary(G:nx.DiGraph) -> dict:
     "Counts of a workflow: nodes, edges, nodes by type, decision hubs, end nodes by outcome, acyclic paths."
     types = {t: sum(1 for _, d in G.nodes(data=True) if d.get("type") == t) for t in TYPES}
-    ends = {o: sum(1 for _, d in G.nodes(data=True) if d.get("type") == "end" and d.get("outcome") == o) for o in OUTCOMES}
+    ends = {o: sum(1 for _, d in G.nodes(data=True) if d.get("type") == "end" and d.get("outcome") == o)
+            for o in OUTCOMES}
     return dict(name=G.graph.get("name"), nodes=G.number_of_nodes(), edges=G.number_of_edges(), types=types,
                 hubs=decision_hubs(G), ends=ends, slots=len(G.graph.get("slots") or {}),
                 knowledge=len(G.graph.get("knowledge") or []), paths=count_paths(G) if G.graph.get("start") in G else 0)
@@ -332,7 +354,8 @@ def row_scenario(row:dict) -> dict:
     import json
     s = row["scenario"]
     slots = json.loads(s["slots"]) if isinstance(s.get("slots"), str) else dict(s.get("slots") or {})
-    return dict(id=s.get("id", ""), path=list(row["path"]), slots=slots, persona=s.get("persona"), seed=int(s.get("seed", 0)))
+    return dict(id=s.get("id", ""), path=list(row["path"]), slots=slots, persona=s.get("persona"),
+                seed=int(s.get("seed", 0)))
 
 # %% ../nbs/01_paths.ipynb #cd9174c3
 def heldout_scenarios(G:nx.DiGraph, # the workflow
@@ -348,5 +371,6 @@ def heldout_scenarios(G:nx.DiGraph, # the workflow
     out = out[:n]
     if len(out) < n:
         fresh = sample_scenarios(G, n, seed=seed + 7919)
-        out += [dict(s, id=f"h{k:04d}") for k, s in enumerate(fresh) if (tuple(s["path"]), s["seed"]) not in seen][:n - len(out)]
+        out += [dict(s, id=f"h{k:04d}") for k, s in enumerate(fresh)
+                if (tuple(s["path"]), s["seed"]) not in seen][:n - len(out)]
     return out

@@ -36,18 +36,20 @@ NOISY_LOGGERS = ("transformers", "datasets", "bitsandbytes", "peft", "accelerate
 
 @contextmanager
 def quiet_libraries(verbose:bool=False):
-    "Within the block, third-party chatter (info logs, warnings, datasets' bars) is turned down to errors, unless `verbose`."
+    "Within the block, third-party chatter (info logs, warnings, datasets' bars) is down to errors unless `verbose`."
     if verbose: yield; return
     try:
         import datasets
         from transformers.utils import logging as hf_logging; hf_logging.get_logger()   # its own setup first, then ours
     except ImportError: datasets = hf_logging = None     # without the train extra there is less to quiet
     levels = {n: logging.getLogger(n).level for n in NOISY_LOGGERS}
-    bars = datasets is not None and datasets.is_progress_bar_enabled(), hf_logging is not None and hf_logging.is_progress_bar_enabled()
+    bars = (datasets is not None and datasets.is_progress_bar_enabled(),
+            hf_logging is not None and hf_logging.is_progress_bar_enabled())
     with warnings.catch_warnings():
         for cat in (UserWarning, FutureWarning, DeprecationWarning): warnings.simplefilter("ignore", cat)
         for n in NOISY_LOGGERS: logging.getLogger(n).setLevel(logging.ERROR)
-        if bars[0]: datasets.disable_progress_bars()     # their bars (saving, loading weights): our stages show their own
+        # their bars (saving, loading weights): our stages show their own
+        if bars[0]: datasets.disable_progress_bars()
         if bars[1]: hf_logging.disable_progress_bar()
         try: yield
         finally:
@@ -79,12 +81,15 @@ def check_endpoint(ep:dict, timeout:float=5.0) -> dict:
     if not ep.get("key") and _is_openai(url):
         raise RunError(f"no API key for {url}: set OPENAI_API_KEY, or give --base-url of a local server (vLLM, Ollama, "
                        "llama.cpp), or pass --offline for the template teacher", 2)
-    try: r = httpx.get(url + "/models", headers={"Authorization": f"Bearer {ep['key']}"} if ep.get("key") else {}, timeout=timeout)
+    try: r = httpx.get(url + "/models", headers={"Authorization": f"Bearer {ep['key']}"} if ep.get("key") else {},
+                       timeout=timeout)
     except httpx.HTTPError as e:
-        raise RunError(f"cannot reach the endpoint {url} ({type(e).__name__}: {e}): start the server or correct --base-url, "
+        raise RunError(f"cannot reach the endpoint {url} ({type(e).__name__}: {e}): start the server or correct "
+                       "--base-url, "
                        "or pass --offline for the template teacher") from None
     if r.status_code in (401, 403):
-        raise RunError(f"the endpoint {url} refused the API key (HTTP {r.status_code}): set OPENAI_API_KEY to a valid key", 2)
+        raise RunError(f"the endpoint {url} refused the API key (HTTP {r.status_code}): set OPENAI_API_KEY to a valid "
+                       "key", 2)
     try: ids = [m["id"] for m in r.json()["data"]] if r.status_code == 200 else []
     except (ValueError, KeyError, TypeError): ids = []
     model = ep.get("model") or (DEFAULT_MODEL if _is_openai(url) else ids[0] if ids else None)
@@ -123,7 +128,8 @@ def stage(name:str, # the stage, as the messages name it
     except KeyboardInterrupt: raise Interrupted(name) from None
     except Exception as e:
         if not _disk_full(e): raise
-        raise RunError(f"disk full while writing {getattr(e, 'filename', None) or writing}: free space and rerun the same "
+        raise RunError(f"disk full while writing {getattr(e, 'filename', None) or writing}: free space and rerun the "
+                       "same "
                        "command to resume") from None
 
 # %% ../nbs/06_pipeline.ipynb #0d078b57
@@ -175,7 +181,8 @@ def generate_stage(G:nx.DiGraph, # the workflow
     teacher = teacher or make_teacher(None, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
     scs, edit = scenarios_for(G, out, cfg)
-    ds = generate_conversations(G, cfg.n, teacher, seed=cfg.seed, concurrency=cfg.concurrency, cache=out/"conversations.jsonl",
+    ds = generate_conversations(G, cfg.n, teacher, seed=cfg.seed, concurrency=cfg.concurrency,
+                                cache=out/"conversations.jsonl",
                                 budget_tokens=cfg.budget_tokens, budget_usd=cfg.budget_usd, prices=cfg.prices,
                                 progress=progress, max_loops=cfg.max_loops, scenarios=scs)
     info = run_info(ds)
@@ -187,7 +194,8 @@ def generate_stage(G:nx.DiGraph, # the workflow
     sp = (split_after_edit(ds, edit["split"], cfg.eval_frac, cfg.seed) if edit and edit.get("split")
           else split_conversations(ds, cfg.eval_frac, cfg.seed))
     sp.save_to_disk(str(out/"data"))
-    summary = dict(generation_summary(ds, G, cfg.prices), teacher=teacher.id, train=len(sp["train"]), eval=len(sp["eval"]),
+    summary = dict(generation_summary(ds, G, cfg.prices), teacher=teacher.id, train=len(sp["train"]),
+                   eval=len(sp["eval"]),
                    from_cache=info.get("from_cache", 0), generated=info.get("generated", 0),
                    budget_stop=info.get("budget_stop", False), **({"edit": edit["counts"]} if edit else {}))
     _close(draw_coverage(ds, G), out/"coverage.png")
@@ -227,14 +235,18 @@ def check_backend(backend:str="auto") -> str:
                        "(or pip install -e '.[train]' in a clone)", 2) from None
     cuda = torch.cuda.is_available()
     if backend == "unsloth" and not cuda:
-        raise RunError("backend unsloth needs a CUDA GPU and none is present: use --backend tiny (a small model trained "
+        raise RunError("backend unsloth needs a CUDA GPU and none is present: use --backend tiny (a small model "
+                       "trained "
                        "from scratch, for CPU demos) or --backend hf (transformers + PEFT LoRA)", 2)
     resolved = ("unsloth" if cuda else "tiny") if backend == "auto" else backend
     from subterranean.train import CompileError, check_processes
     try: check_processes(resolved)
-    except CompileError as e: raise RunError(("backend auto means unsloth on a CUDA GPU; " if backend == "auto" else "") + str(e), 2) from None
+    except CompileError as e:
+        raise RunError(("backend auto means unsloth on a CUDA GPU; " if backend == "auto" else "") + str(e),
+                       2) from None
     if resolved == "unsloth" and importlib.util.find_spec("unsloth") is None:
-        raise RunError("backend unsloth needs Unsloth, which is not installed: pip install 'subterranean-compiler[gpu]', "
+        raise RunError("backend unsloth needs Unsloth, which is not installed: pip install "
+                       "'subterranean-compiler[gpu]', "
                        "or use --backend hf", 2)
     return resolved
 
@@ -259,12 +271,15 @@ def train_config(backend:str="auto", # auto | tiny | hf | unsloth
     resolved = check_backend(backend)
     names = {f.name for f in dataclasses.fields(CompileConfig)}
     bad = sorted(set(options) - names)
-    if bad: raise RunError(f"unknown training option(s) {', '.join(bad)}: use CompileConfig fields ({', '.join(sorted(names))})", 2)
+    if bad:
+        raise RunError(f"unknown training option(s) {', '.join(bad)}: use CompileConfig fields "
+                       f"({', '.join(sorted(names))})", 2)
     kw = dict(TINY_DEFAULTS) if resolved == "tiny" else {}
     if preset is not None:
         if preset not in PRESETS: raise RunError(f"preset {preset!r}: use one of {', '.join(PRESETS)}", 2)
         if resolved == "tiny":
-            raise RunError(f"preset {preset} is a recipe for a pretrained model: use --backend hf (or unsloth on a GPU) "
+            raise RunError(f"preset {preset} is a recipe for a pretrained model: use --backend hf (or unsloth on a "
+                           "GPU) "
                            "with --base-model; the tiny backend trains from scratch with TINY_DEFAULTS", 2)
         kw.update(PRESETS[preset])
     kw.update(options)
@@ -282,7 +297,8 @@ class ResumeConfig:
     save_minutes: float = field(default=5.0, metadata={
         "help": "checkpoint at least every this many minutes, so a disconnect loses little"})
     from_previous: bool = field(default=False, metadata={
-        "help": "after an edit: train on from the previous model, on changed and new conversations and a replay sample"})
+        "help": "after an edit: train on from the previous model, on changed and new conversations and a replay "
+                "sample"})
     replay: float = field(default=1.0, metadata={
         "help": "with from_previous: unchanged conversations replayed per regenerated or new one"})
 
@@ -313,7 +329,8 @@ def train_stage(data, # a DatasetDict with train and eval splits (or the folder 
         log(f"  training on {len(tr)} conversations ({len(sp['eval'])} held out): backend {cfg.backend}"
             + ("" if cfg.backend == "tiny" else f", base model {cfg.base_model}")
             + (f", on from {init_from} ({fresh} regenerated or new, {len(tr) - fresh} replayed)" if fresh else "")
-            + f", {cfg.epochs:g} epochs, global batch {b['global_batch']}" + (split if b["global_batch"] > b["batch_size"] else "")
+            + f", {cfg.epochs:g} epochs, global batch {b['global_batch']}"
+            + (split if b["global_batch"] > b["batch_size"] else "")
             + f", about {math.ceil(steps)} steps")
     m = compile_model(tr, cfg, sp["eval"] if len(sp["eval"]) else None, G, progress=progress and is_main_process(),
                       resume=rc.resume, save_steps=rc.save_steps, save_minutes=rc.save_minutes, init_from=init_from)
@@ -335,7 +352,8 @@ class EvalConfig:
     "How a compiled model is evaluated: on how many held-out scenarios, and against what."
     eval_n: int = field(default=30, metadata={"help": "held-out scenarios to simulate"})
     max_new_tokens: int = field(default=96, metadata={"help": "longest reply of the compiled model"})
-    judge: bool = field(default=True, metadata={"help": "ask the endpoint's model for the five rubric scores (when there is one)"})
+    judge: bool = field(default=True, metadata={"help": "ask the endpoint's model for the five rubric scores (when "
+                                                        "there is one)"})
     in_context: bool = field(default=False, metadata={
         "help": "also evaluate the endpoint's model with the whole workflow in its prompt (needs an endpoint)"})
 
@@ -354,7 +372,7 @@ def evaluate_stage(model_dir, # the compiled model
                    endpoint:dict=None, # a checked endpoint for the judge and the in-context agent
                    progress:bool=True # a tqdm bar
                   ) -> dict:
-    "Evaluate the compiled model (and an in-context endpoint agent) on held-out scenarios; `report`'s dict, files in `out`."
+    "Evaluate the compiled model (and an in-context endpoint agent) on held-out scenarios: `report`'s dict, files."
     from subterranean.chat import Agent
     from subterranean.evaluate import evaluate_agents, report
     cfg = cfg or EvalConfig()
@@ -362,7 +380,8 @@ def evaluate_stage(model_dir, # the compiled model
     scs = heldout_scenarios(G, cfg.eval_n, load_data(data) if isinstance(data, (str, Path)) else data, seed)
     agents = {"compiled": Agent.from_dir(model_dir, G=G, max_new_tokens=cfg.max_new_tokens)}
     if cfg.in_context:
-        agents["in-context"] = Agent(G=G, mode="in-context", base_url=endpoint["base_url"], endpoint_model=endpoint["model"],
+        agents["in-context"] = Agent(G=G, mode="in-context", base_url=endpoint["base_url"],
+                                     endpoint_model=endpoint["model"],
                                      api_key=endpoint.get("key"), max_new_tokens=cfg.max_new_tokens)
     judge = make_teacher(endpoint) if endpoint and cfg.judge else None
     rep = report(evaluate_agents(agents, G, scs, judge_teacher=judge, progress=progress), out)
@@ -371,12 +390,14 @@ def evaluate_stage(model_dir, # the compiled model
 
 def _tidy(md:str) -> str:
     "The evaluation's Markdown without an empty `Ratios to ...:` line (one condition only)."
-    return "\n".join(l for l in md.splitlines() if not (l.startswith("Ratios to") and l.endswith(": "))).replace("\n\n\n", "\n\n").rstrip() + "\n"
+    return "\n".join(l for l in md.splitlines()
+                     if not (l.startswith("Ratios to") and l.endswith(": "))).replace("\n\n\n", "\n\n").rstrip() + "\n"
 
 def eval_line(rep:dict) -> str:
     "The one-line summary of an evaluation: adherence, right end, the customer's details, task success (and the judge)."
     s = rep["summary"]["compiled"]
-    parts = [f"adherence {s['adherence_accuracy']['mean']:.0%} per turn", f"right end {s['adherence_right_end']['mean']:.0%}"]
+    parts = [f"adherence {s['adherence_accuracy']['mean']:.0%} per turn",
+             f"right end {s['adherence_right_end']['mean']:.0%}"]
     if "slot_fidelity" in s: parts.append(f"details right {s['slot_fidelity']['mean']:.0%}")
     if "task_success" in s: parts.append(f"task success {s['task_success']['mean']:.0%}")
     if "failure_rate" in s: parts.append(f"judge failure rate {s['failure_rate']:.0%}")
@@ -384,7 +405,8 @@ def eval_line(rep:dict) -> str:
 
 # %% ../nbs/06_pipeline.ipynb #583ce9d8
 STAGES = ("validate", "generate", "train", "evaluate", "report")
-RUN_FILES = ("run.json", "workflow.yaml", "workflow.png", "conversations.jsonl", "data", "generation.json", "coverage.png",
+RUN_FILES = ("run.json", "workflow.yaml", "workflow.png", "conversations.jsonl", "data", "generation.json",
+             "coverage.png",
              "model", "loss.png", "eval", "report.md", "report.json", "scenarios.json", "previous_model")
 
 def load_run(out) -> dict|None:
@@ -392,7 +414,8 @@ def load_run(out) -> dict|None:
     p = Path(out)/"run.json"
     if not p.exists(): return None
     try: return json.loads(p.read_text())
-    except ValueError: raise RunError(f"{p} is not valid JSON: delete it (or pass --force) to start that run over", 2) from None
+    except ValueError:
+        raise RunError(f"{p} is not valid JSON: delete it (or pass --force) to start that run over", 2) from None
 
 def save_run(out, run:dict):
     "Write `out/run.json` atomically (a crash leaves the old or the new file, never half of one)."
@@ -415,7 +438,8 @@ def check_run_dir(out, # the run directory
                  ) -> dict|None:
     "The run to resume in `out` (maybe of an earlier version of `G`), None for a new one; `RunError` for another's."
     out, name, h = Path(out), G.graph.get("name"), workflow_hash(G)
-    if out.exists() and not out.is_dir(): raise RunError(f"--out {out} is a file, not a directory: choose another --out", 2)
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a directory: choose another --out", 2)
     run = load_run(out)
     if run is not None and run.get("workflow", {}).get("hash") != h:
         old = run.get("workflow", {})
@@ -425,7 +449,8 @@ def check_run_dir(out, # the run directory
                            f"from {source} (hash {h}): choose another --out, or pass --force to replace that run", 2)
         clear_run(out); return None
     if run is None and out.is_dir() and any(out.iterdir()):
-        if not force: raise RunError(f"{out} is not empty and holds no subterranean run (no run.json): choose another --out, "
+        if not force: raise RunError(f"{out} is not empty and holds no subterranean run (no run.json): choose another "
+                                     "--out, "
                                      "or pass --force to write there", 2)
         clear_run(out)
     return run
@@ -456,19 +481,29 @@ def carry_over(G:nx.DiGraph, # the workflow after the edit
     return run
 
 # %% ../nbs/06_pipeline.ipynb #7972a1e1
-def plan(G:nx.DiGraph, gen:GenerateConfig, cfg, ev:EvalConfig, ep:dict|None, rc:ResumeConfig=None) -> dict:
+def plan(G:nx.DiGraph, # the workflow
+         gen:GenerateConfig, # how conversations are generated
+         cfg, # the `CompileConfig` of training
+         ev:EvalConfig, # how the model is evaluated
+         ep:dict|None, # the endpoint (base_url, model, key), or None offline
+         rc:ResumeConfig=None # resume and incremental options
+        ) -> dict:
     "The resolved options of a compile run, and each stage's key (the options it depends on)."
     train = dataclasses.asdict(cfg); train.pop("output_dir", None); train.pop("workflow", None)
     if rc is not None and rc.from_previous: train.update(from_previous=True, replay=rc.replay)   # the model hangs on it
     o = dict(dataclasses.asdict(gen), teacher=teacher_name(ep, gen.seed), train=train, eval_n=ev.eval_n,
-             judge=teacher_name(ep) if ep and ev.judge else None, in_context=ev.in_context, max_new_tokens=ev.max_new_tokens)
+             judge=teacher_name(ep) if ep and ev.judge else None, in_context=ev.in_context,
+             max_new_tokens=ev.max_new_tokens)
     gk = ("n", "seed", "teacher", "max_loops", "eval_frac", "budget_tokens", "budget_usd", "prices")
     keys = dict(validate=dict(hash=workflow_hash(G)), generate={k: o[k] for k in gk}, train=o["train"],
                 evaluate={k: o[k] for k in ("eval_n", "judge", "in_context", "max_new_tokens")}, report={})
     return dict(options=json.loads(json.dumps(o)), keys=json.loads(json.dumps(keys)))
 
-def todo_stages(run:dict|None, keys:dict, out) -> dict:
-    "stage -> why it must run ('' when it is done and can be skipped); after the first stage to run, every later one runs."
+def todo_stages(run:dict|None, # the run's `run.json` (None: a new run)
+                keys:dict, # stage -> its key from `plan`
+                out # the run directory
+               ) -> dict:
+    "stage -> why it must run ('' when done and skippable); after the first stage to run, all later ones run."
     why, redo = {}, False
     for s in STAGES:
         rec = (run or {}).get("stages", {}).get(s)
@@ -486,7 +521,8 @@ def _validate(G, out, ctx):
     _close(draw_workflow(G, dpi=80), out/"workflow.png")
     s = dict(name=G.graph.get("name"), nodes=G.number_of_nodes(), edges=G.number_of_edges(), hubs=decision_hubs(G),
              paths=count_paths(G), paths_by_outcome=paths_by_outcome(G))
-    return ["workflow.yaml", "workflow.png"], f"{s['nodes']} nodes, {len(s['hubs'])} decision hubs, {s['paths']:,} acyclic paths", s
+    line = f"{s['nodes']} nodes, {len(s['hubs'])} decision hubs, {s['paths']:,} acyclic paths"
+    return ["workflow.yaml", "workflow.png"], line, s
 
 def _generate(G, out, ctx):
     s = generate_stage(G, out, ctx["generate"], make_teacher(ctx["endpoint"], ctx["generate"].seed), ctx["progress"])
@@ -510,7 +546,8 @@ def _train(G, out, ctx):
 
 def _evaluate(G, out, ctx):
     ep = ctx["endpoint"]
-    rep = evaluate_stage(out/"model", G, out/"eval", ctx["evaluate"], out/"data", ctx["generate"].seed, ep, ctx["progress"])
+    rep = evaluate_stage(out/"model", G, out/"eval", ctx["evaluate"], out/"data", ctx["generate"].seed, ep,
+                         ctx["progress"])
     keep = {k: rep[k] for k in ("summary", "comparisons", "ratios", "reference", "judged", "scenarios")}
     return ["eval"], eval_line(rep), keep
 
@@ -528,18 +565,23 @@ def compile_report(out, run:dict) -> tuple:
     v, g, t, e = (st.get(s, {}).get("result") or {} for s in ("validate", "generate", "train", "evaluate"))
     md = [f"# subterranean compile: {wf['name']}", "",
           f"Workflow `{wf['name']}` (hash {wf['hash']}, from {wf.get('source')}): {v.get('nodes')} nodes, "
-          f"{len(v.get('hubs') or [])} decision hubs, {v.get('paths', 0):,} acyclic paths. Picture: `workflow.png`.", ""]
+          f"{len(v.get('hubs') or [])} decision hubs, {v.get('paths', 0):,} acyclic paths. Picture: `workflow.png`.",
+          ""]
     if g:
         md += ["## Data", "", f"{g['conversations']} conversations from `{g['teacher']}` ({g['train']} for training, "
                f"{g['eval']} held out); turns per conversation {g['turns']['min']} / {g['turns']['median']} / "
-               f"{g['turns']['max']} (min / median / max); node coverage {g.get('node_coverage', 0):.0%}, edge coverage "
+               f"{g['turns']['max']} (min / median / max); node coverage {g.get('node_coverage', 0):.0%}, edge "
+               "coverage "
                f"{g.get('edge_coverage', 0):.0%}; {g['prompt_tokens'] + g['completion_tokens']:,} teacher tokens, "
                f"${g['cost_usd']:.4f}. Picture: `coverage.png`.", ""]
     if t:
-        base = "trained from scratch" if t["backend"] == "tiny" else f"base model {run['options']['train']['base_model']}"
+        base = ("trained from scratch" if t["backend"] == "tiny"
+                else f"base model {run['options']['train']['base_model']}")
         if t.get("init_from"): base = "trained on from the model compiled before the edit, `previous_model/`"
-        md += ["## Training", "", f"{train_line(t)} ({base}); {t['conversations']} conversations, {t['tokens']:,} tokens per "
-               f"epoch, {t['supervised_fraction']:.0%} of them supervised; peak memory {t['peak_rss_mb'] / 1024:.1f} GiB. "
+        md += ["## Training", "", f"{train_line(t)} ({base}); {t['conversations']} conversations, {t['tokens']:,} "
+                                  "tokens per "
+               f"epoch, {t['supervised_fraction']:.0%} of them supervised; peak memory {t['peak_rss_mb'] / 1024:.1f} "
+               "GiB. "
                "Model: `model/`; loss curve: `loss.png`.", ""]
         if t.get("resumed_from_step"): md[-2] += f" Training resumed at step {t['resumed_from_step']} (a checkpoint)."
     if (out/"eval"/"report.md").exists():
@@ -559,7 +601,8 @@ def read_workflow(workflow) -> tuple:
         import yaml
         try: d = yaml.safe_load(workflow)
         except yaml.YAMLError as e: raise WorkflowError(f"<yaml text>: YAML error: {str(e).splitlines()[0]}") from None
-        if not isinstance(d, dict): raise WorkflowError("<yaml text>: the top level must be a mapping of fields (name, start, nodes, ...)")
+        if not isinstance(d, dict):
+            raise WorkflowError("<yaml text>: the top level must be a mapping of fields (name, start, nodes, ...)")
         G = workflow_from_dict(d, source="<yaml text>"); validate_workflow(G)
         return G, "<yaml text>", workflow
     G = load_workflow(workflow)
@@ -569,7 +612,8 @@ def read_workflow(workflow) -> tuple:
 def _train_beside(workflow, out, cfg):
     "A process other than the main one in a compile: wait for the main one's data, then train beside it; None."
     G = read_workflow(workflow)[0]
-    rc = share(None)                                  # the main process's ResumeConfig (as a dict) when it trains, else None
+    # the main process's ResumeConfig (as a dict) when it trains, else None
+    rc = share(None)
     if rc is not None:
         rc = ResumeConfig(**rc)
         train_stage(Path(out)/"data", Path(out)/"model", cfg, G, False, None, rc, *_previous(out, rc))
@@ -580,22 +624,23 @@ def _config(cls, value):
     "A config of class `cls` from None (its defaults), a dict of its fields, or itself."
     if value is None: return cls()
     if isinstance(value, dict): return cls(**value)
-    if not isinstance(value, cls): raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
+    if not isinstance(value, cls):
+        raise TypeError(f"expected a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
     return value
 
 def compile_workflow(workflow, # a workflow file, its YAML text, or a networkx DiGraph
                      out, # the run directory (resumed when it holds a run of this workflow)
                      generate:GenerateConfig|dict=None, # how the conversations are made (n, seed, budget, ...)
-                     train=None, # a `CompileConfig`, or a dict of its fields for `train_config` (TINY_DEFAULTS under them)
+                     train=None, # a `CompileConfig`, or a dict of its fields for `train_config` (over TINY_DEFAULTS)
                      evaluate:EvalConfig|dict=None, # held-out scenarios, judge, in-context agent
-                     endpoint:dict=None, # dict(base_url, model, key) for teacher and judge (see `find_endpoint`); None: offline
+                     endpoint:dict=None, # dict(base_url, model, key) for teacher and judge (`find_endpoint`), or None
                      force:bool=False, # start over: replace a run of another workflow or version, or a folder of none
                      resume:ResumeConfig|dict=None, # checkpoints, resume; after an edit, train on from the last model?
                      progress:bool=True, # progress bars while stages work
                      verbose:bool=False, # leave the libraries' own logs and warnings on
                      log=print # where the stage lines go (None: nowhere)
                     ) -> dict:
-    "Every stage from a workflow to an evaluated model in `out`, resuming what is done; the report (report.json, plus markdown)."
+    "Every stage from a workflow to an evaluated model in `out`, resuming what is done; the report (report.json)."
     cfg = train_config(**train) if isinstance(train, dict) else train or train_config()
     unsloth_first(cfg.backend)                        # before anything loads transformers
     with quiet_libraries(verbose):
@@ -626,7 +671,8 @@ def _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, 
     ctx = dict(text=text, generate=gen, train=cfg, evaluate=ev, endpoint=endpoint, progress=progress, log=log, run=run,
                resume=rc)
     for i, s in enumerate(STAGES, 1):
-        if s == "train": share(dataclasses.asdict(rc) if why[s] else None)   # the other processes wait, then train beside
+        # the other processes wait, then train beside
+        if s == "train": share(dataclasses.asdict(rc) if why[s] else None)
         head = f"[{i}/{len(STAGES)}] {s}"
         if not why[s]: say(f"{head}: done already ({run['stages'][s]['summary']}), skipped"); continue
         say(f"{head} ... ({why[s]})")

@@ -1,4 +1,4 @@
-"""A procedure as a `networkx.DiGraph`: build it, save and load it as YAML, validate it, draw it, and turn it into a prompt.
+"""A procedure as a `networkx.DiGraph`: build it, save and load it as YAML, validate it, draw it, prompt with it.
 
 Docs: https://subterranean-ai.github.io/subterranean-compiler/workflow.html.md"""
 
@@ -13,12 +13,10 @@ import yaml
 
 # %% auto #0
 __all__ = ['TYPES', 'OUTCOMES', 'TOP_FIELDS', 'NODE_FIELDS', 'EDGE_FIELDS', 'DEFAULT_OPENERS', 'NODE_ORDER', 'MAX_BYTES',
-           'COLORS', 'OUTCOME_COLORS', 'TOOL_SHAPES', 'END_SHAPES', 'WorkflowError', 'placeholders', 'fill',
-           'validate_workflow', 'workflow_dict', 'save_workflow', 'read_yaml', 'workflow_from_dict', 'load_workflow',
-           'example_path', 'decision_hubs', 'turn_nodes', 'workflow_hash', 'workflow_layout', 'draw_workflow',
-           'workflow_prompt', 'count_tokens', 'to_mermaid', 'mermaid_text', 'read_mermaid', 'end_outcome',
-           'workflow_skeleton', 'from_mermaid', 'langgraph_node_text', 'from_langgraph', 'mermaid_block', 'load_object',
-           'import_workflow', 'diff_workflows', 'diff_text']
+           'COLORS', 'OUTCOME_COLORS', 'WorkflowError', 'placeholders', 'fill', 'validate_workflow', 'workflow_dict',
+           'save_workflow', 'read_yaml', 'workflow_from_dict', 'load_workflow', 'example_path', 'decision_hubs',
+           'turn_nodes', 'workflow_hash', 'workflow_layout', 'draw_workflow', 'workflow_prompt', 'count_tokens',
+           'to_mermaid', 'diff_workflows', 'diff_text']
 
 # %% ../nbs/00_workflow.ipynb #6c4080f9
 class WorkflowError(Exception):
@@ -82,14 +80,16 @@ def _check_graph_fields(G):
     "Problems with the top-level fields in `G.graph`; returns (problems, warnings, slot names, knowledge ids)."
     P, W, g = [], [], G.graph
     for k in g:
-        if k not in TOP_FIELDS and k != "source": P.append(f"unknown top-level field {_show(k)} (known: {', '.join(TOP_FIELDS)})")
+        if k not in TOP_FIELDS and k != "source": P.append(f"unknown top-level field {_show(k)} (known: "
+                                                           f"{', '.join(TOP_FIELDS)})")
     if "format" in g and g["format"] != 1: P.append(f"format must be 1, got {_show(g['format'])}")
     for k in ("name", "description", "agent", "start"):
         if k in g and not isinstance(g[k], str): P.append(f"{k} must be a string, got {_show(g[k])}")
     if not isinstance(g.get("agent"), str) or not g.get("agent", "").strip():
         W.append("no `agent` line: the compiled model's system prompt will be empty")
     for k in ("openers", "personas"):
-        if k in g and not (_strlist(g[k]) and g[k]): P.append(f"{k} must be a non-empty list of strings, got {_show(g[k])}")
+        if k in g and not (_strlist(g[k]) and g[k]): P.append(f"{k} must be a non-empty list of strings, got "
+                                                              f"{_show(g[k])}")
     slots = g.get("slots") or {}
     if not isinstance(slots, dict):
         P.append(f"slots must be a mapping of slot name to spec, got {_show(slots)}"); slots = {}
@@ -100,7 +100,8 @@ def _check_graph_fields(G):
     kn, ids = g.get("knowledge") or [], set()
     if not isinstance(kn, list): P.append(f"knowledge must be a list of {{id, text}}, got {_show(kn)}"); kn = []
     for i, k in enumerate(kn):
-        if not (isinstance(k, dict) and set(k) == {"id", "text"} and isinstance(k["id"], str) and isinstance(k["text"], str)):
+        if not (isinstance(k, dict) and set(k) == {"id", "text"} and isinstance(k["id"], str)
+                and isinstance(k["text"], str)):
             P.append(f"knowledge[{i}] must be {{id: str, text: str}}, got {_show(k)}"); continue
         if k["id"] in ids: P.append(f"knowledge id {k['id']!r} is declared twice")
         ids.add(k["id"])
@@ -116,27 +117,38 @@ def _check_node(G, n, d, slots, kids):
     "Problems and warnings of node `n` with attributes `d`."
     P, W, at = [], [], f"node {_show(n)}"
     t = d.get("type")
-    if t not in TYPES: return [f"{at}: unknown type {_show(t)} (known: {', '.join(TYPES)})" if "type" in d else f"{at}: missing type"], W
+    if t not in TYPES:
+        return [f"{at}: unknown type {_show(t)} (known: {', '.join(TYPES)})" if "type" in d
+                else f"{at}: missing type"], W
     for k in d:
-        if k not in NODE_FIELDS[t]: P.append(f"{at}: unknown field {_show(k)} for a {t} node (allowed: {', '.join(NODE_FIELDS[t])})")
+        if k not in NODE_FIELDS[t]: P.append(f"{at}: unknown field {_show(k)} for a {t} node (allowed: "
+                                             f"{', '.join(NODE_FIELDS[t])})")
     if "say" in d and not isinstance(d["say"], str): P.append(f"{at}: say must be a string, got {_show(d['say'])}")
     ex = d.get("examples")
-    if "examples" in d and not _strlist(ex): P.append(f"{at}: examples must be a list of strings, got {_show(ex)}"); ex = None
+    if "examples" in d and not _strlist(ex):
+        P.append(f"{at}: examples must be a list of strings, got {_show(ex)}"); ex = None
     if "knowledge" in d:
-        if not _strlist(d["knowledge"]): P.append(f"{at}: knowledge must be a list of knowledge ids, got {_show(d['knowledge'])}")
-        else: P += [f"{at}: knowledge id {k!r} is not declared in the top-level knowledge" for k in d["knowledge"] if k not in kids]
+        if not _strlist(d["knowledge"]): P.append(f"{at}: knowledge must be a list of knowledge ids, got "
+                                                  f"{_show(d['knowledge'])}")
+        else:
+            P += [f"{at}: knowledge id {k!r} is not declared in the top-level knowledge" for k in d["knowledge"]
+                  if k not in kids]
     P += _check_ph(([d["say"]] if isinstance(d.get("say"), str) else []) + (ex or []), slots, at)
-    if t in ("agent", "tool") and not ex: W.append(f"{at}: {'an' if t == 'agent' else 'a'} {t} node without examples (the offline teacher has nothing to say)")
+    if t in ("agent", "tool") and not ex:
+        W.append(f"{at}: {'an' if t == 'agent' else 'a'} {t} node without examples (the offline teacher has nothing to "
+                 "say)")
     if t == "end":
         if d.get("outcome") not in OUTCOMES:
-            P.append(f"{at}: end node needs an outcome in {{{', '.join(OUTCOMES)}}}, got {_show(d.get('outcome'))}" if "outcome" in d
+            P.append(f"{at}: end node needs an outcome in {{{', '.join(OUTCOMES)}}}, got {_show(d.get('outcome'))}"
+                     if "outcome" in d
                      else f"{at}: end node without an outcome (one of {', '.join(OUTCOMES)})")
         if G.out_degree(n): P.append(f"{at}: end node has successors {_show(list(G.successors(n)))}")
     elif G.out_degree(n) == 0: P.append(f"{at}: dead end: a {t} node with no next step (only end nodes may stop)")
     if t == "decision":
         if G.out_degree(n) < 2: P.append(f"{at}: a decision needs at least 2 branches, has {G.out_degree(n)}")
         for _, m, e in G.out_edges(n, data=True):
-            if not (isinstance(e.get("when"), str) and e["when"].strip()): P.append(f"edge {_show(n)} -> {_show(m)}: a decision branch without `when`")
+            if not (isinstance(e.get("when"), str) and e["when"].strip()): P.append(f"edge {_show(n)} -> {_show(m)}: a "
+                                                                                    "decision branch without `when`")
             if not e.get("user"): W.append(f"edge {_show(n)} -> {_show(m)}: a decision branch without user lines")
     return P, W
 
@@ -146,7 +158,8 @@ def _check_edge(G, a, b, e, slots):
     for k in e:
         if k not in EDGE_FIELDS: P.append(f"{at}: unknown field {_show(k)} (allowed: to, {', '.join(EDGE_FIELDS)})")
     if "when" in e and not isinstance(e["when"], str): P.append(f"{at}: when must be a string, got {_show(e['when'])}")
-    if "user" in e and not _strlist(e["user"]): P.append(f"{at}: user must be a list of strings, got {_show(e['user'])}")
+    if "user" in e and not _strlist(e["user"]):
+        P.append(f"{at}: user must be a list of strings, got {_show(e['user'])}")
     elif "user" in e: P += _check_ph(e["user"], slots, at)
     if isinstance(e.get("when"), str): P += _check_ph([e["when"]], slots, at)
     P += [f"{at}: unknown node {_show(x)}" for x in dict.fromkeys((a, b)) if not G.nodes[x]]
@@ -160,17 +173,20 @@ def validate_workflow(G:nx.DiGraph, # the workflow
     "Check `G`; raise one `WorkflowError` listing every problem, else return the list of warnings."
     P, W, slots, kids = _check_graph_fields(G)
     P, W = [(None, p) for p in P], [(None, w) for w in W]      # (node the problem is about, problem)
-    P += [(None, p) for p in _check_ph(G.graph.get("openers") if _strlist(G.graph.get("openers")) else [], slots, "openers")]
+    P += [(None, p) for p in _check_ph(G.graph.get("openers") if _strlist(G.graph.get("openers")) else [], slots,
+                                       "openers")]
     P += [(None, f"node {_show(n)}: node ids must be strings") for n in G.nodes if not isinstance(n, str)]
     known = [n for n, d in G.nodes(data=True) if d]      # nodes created only by an edge have no attributes
-    P += [(n, f"node {_show(n)}: missing type (a node without attributes)") for n in G if not G.nodes[n] and not G.degree(n)]
+    P += [(n, f"node {_show(n)}: missing type (a node without attributes)") for n in G if not G.nodes[n]
+          and not G.degree(n)]
     for n in known:
         p, w = _check_node(G, n, G.nodes[n], slots, kids); P += [(n, x) for x in p]; W += [(n, x) for x in w]
     for a, b, e in G.edges(data=True): P += [(a, x) for x in _check_edge(G, a, b, e, slots)]
     if not known: P.append((None, "the workflow has no nodes"))
     start = G.graph.get("start")
     if start is None: P.append((None, "missing start (the id of the first node)"))
-    elif not isinstance(start, str) or start not in G or not G.nodes[start]: P.append((None, f"start {_show(start)} is not a node"))
+    elif not isinstance(start, str) or start not in G or not G.nodes[start]:
+        P.append((None, f"start {_show(start)} is not a node"))
     else:
         seen = nx.descendants(G, start) | {start}
         P += [(n, f"node {_show(n)}: unreachable from start {start!r}") for n in known if n not in seen]
@@ -194,7 +210,8 @@ class _Dumper(yaml.SafeDumper):
     def ignore_aliases(self, data): return True
 
 def _repr_list(dumper, data):
-    flow = (all((isinstance(x, (int, float)) and not isinstance(x, bool)) or (isinstance(x, str) and _PLAIN.fullmatch(x)) for x in data)
+    flow = (all((isinstance(x, (int, float)) and not isinstance(x, bool))
+                or (isinstance(x, str) and _PLAIN.fullmatch(x)) for x in data)
             and sum(len(str(x)) + 2 for x in data) < 90 and all(len(str(x)) < 40 for x in data))
     return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow)
 def _repr_dict(dumper, data):
@@ -220,7 +237,9 @@ def workflow_dict(G:nx.DiGraph) -> dict:
         nd.update({k: v for k, v in a.items() if k not in nd})
         out = list(G.out_edges(n, data=True))
         if out and not any(e for _, _, e in out): nd["next"] = [m for _, m, _ in out]
-        elif out: nd["next"] = [{"to": m, **{k: e[k] for k in EDGE_FIELDS if k in e}, **{k: v for k, v in e.items() if k not in EDGE_FIELDS}} for _, m, e in out]
+        elif out:
+            nd["next"] = [{"to": m, **{k: e[k] for k in EDGE_FIELDS if k in e},
+                           **{k: v for k, v in e.items() if k not in EDGE_FIELDS}} for _, m, e in out]
         nodes[n] = nd
     d["nodes"] = nodes
     return d
@@ -252,9 +271,11 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
 def _yaml_error(src, e, text=""):
     "One line `file:line:col: problem` from a YAML error."
     mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-    msg = " ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x) or str(e).splitlines()[0]
+    msg = (" ".join(str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x)
+           or str(e).splitlines()[0])
     lines = text.splitlines()
-    if mark and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]: msg += " (a tab: YAML indents with spaces only)"
+    if mark and mark.line < len(lines) and "\t" in lines[mark.line][:mark.column + 1]:
+        msg += " (a tab: YAML indents with spaces only)"
     return f"{src}:{mark.line + 1}:{mark.column + 1}: YAML error: {msg}" if mark else f"{src}: YAML error: {msg}"
 
 def _node_lines(text):
@@ -266,11 +287,13 @@ def _node_lines(text):
     return out
 
 def read_yaml(path, lines:dict=None) -> dict:
-    "The top-level mapping of the YAML file at `path` (and node lines into `lines`); every failure is a one-line `WorkflowError`."
+    "The top-level mapping of the YAML file at `path` (node lines into `lines`); failures: one-line `WorkflowError`s."
     src = str(path)
     try:
         size = Path(path).stat().st_size
-        if size > MAX_BYTES: raise WorkflowError(f"{src}: file is {size/1e6:.1f} MB, more than the {MAX_BYTES/1e6:.0f} MB a workflow may have")
+        if size > MAX_BYTES:
+            raise WorkflowError(f"{src}: file is {size/1e6:.1f} MB, more than the {MAX_BYTES/1e6:.0f} MB a workflow "
+                                "may have")
         raw = Path(path).read_bytes()
     except OSError as e: raise WorkflowError(f"{src}: cannot read: {e.strerror or e}") from None
     try: text = raw.decode("utf-8")
@@ -281,7 +304,9 @@ def read_yaml(path, lines:dict=None) -> dict:
     try: data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e: raise WorkflowError(_yaml_error(src, e, text)) from None
     except RecursionError: raise WorkflowError(f"{src}: YAML error: nested too deeply") from None
-    if not isinstance(data, dict): raise WorkflowError(f"{src}:1: the top level must be a mapping of fields (name, start, nodes, ...), got {type(data).__name__}")
+    if not isinstance(data, dict):
+        raise WorkflowError(f"{src}:1: the top level must be a mapping of fields (name, start, nodes, ...), got "
+                            f"{type(data).__name__}")
     if lines is not None: lines.update(_node_lines(text))
     return data
 
@@ -291,7 +316,9 @@ def _edges(n, nxt):
     at = f"node {_show(n)}"
     if nxt is None: return [], []
     if isinstance(nxt, str): nxt = [nxt]
-    if not isinstance(nxt, list): return [], [f"{at}: next must be a list of node ids or of {{to: ..., when: ..., user: [...]}}, got {_show(nxt)}"]
+    if not isinstance(nxt, list):
+        return [], [f"{at}: next must be a list of node ids or of {{to: ..., when: ..., user: [...]}}, "
+                    f"got {_show(nxt)}"]
     out, P, seen = [], [], set()
     for i, e in enumerate(nxt):
         if isinstance(e, dict):
@@ -313,7 +340,8 @@ def workflow_from_dict(d:dict, source=None) -> nx.DiGraph:
     if not isinstance(nodes, dict) or not nodes:
         raise WorkflowError(f"{where}: nodes must be a non-empty mapping of node id to node, got {_show(nodes)}")
     for n, a in nodes.items():
-        if not isinstance(a, dict): P.append(f"node {_show(n)}: must be a mapping (type, say, ...), got {_show(a)}"); continue
+        if not isinstance(a, dict):
+            P.append(f"node {_show(n)}: must be a mapping (type, say, ...), got {_show(a)}"); continue
         if not isinstance(n, str): P.append(f"node {_show(n)}: node ids must be strings"); continue
         if "type" not in a: P.append(f"node {_show(n)}: missing type (one of {', '.join(TYPES)})")
         G.add_node(n, **{k: v for k, v in a.items() if k != "next"})
@@ -396,7 +424,8 @@ def workflow_layout(G:nx.DiGraph) -> tuple:
     pos = {n: float(i) for r in rows.values() for i, n in enumerate(r)}
     def sweep(rs, nbrs):
         for k in rs:
-            bc = {n: sum(pos[m] for m in nbrs(n)) / max(1, len(list(nbrs(n)))) if list(nbrs(n)) else pos[n] for n in rows[k]}
+            bc = {n: sum(pos[m] for m in nbrs(n)) / max(1, len(list(nbrs(n)))) if list(nbrs(n)) else pos[n]
+                  for n in rows[k]}
             rows[k].sort(key=lambda n: bc[n])
             for i, n in enumerate(rows[k]): pos[n] = float(i)
     ks = sorted(rows)
@@ -436,12 +465,14 @@ def draw_workflow(G:nx.DiGraph, # the workflow
         (x0, y0), (x1, y1) = pos[a], pos[b]
         nth[a] = k = nth.get(a, -1) + 1                    # the k-th branch of `a`: labels alternate in height
         if a == b:
-            ax.add_patch(FancyArrowPatch((x0 + 0.15, y0 + 0.1), (x0 - 0.15, y0 + 0.1), connectionstyle="arc3,rad=1.2", arrowstyle="-|>",
+            ax.add_patch(FancyArrowPatch((x0 + 0.15, y0 + 0.1), (x0 - 0.15, y0 + 0.1), connectionstyle="arc3,rad=1.2",
+                                         arrowstyle="-|>",
                                          mutation_scale=9, color="#9a6b9a", lw=0.9, ls="--", zorder=1))
         elif (a, b) in back:
             rad = -0.35 if x1 <= x0 else 0.35
             ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}", arrowstyle="-|>",
-                                         mutation_scale=9, color="#9a6b9a", lw=0.9, ls="--", shrinkA=9, shrinkB=9, zorder=1))
+                                         mutation_scale=9, color="#9a6b9a", lw=0.9, ls="--", shrinkA=9, shrinkB=9,
+                                         zorder=1))
         else:
             pts = [(x0, y0), *way.get((a, b), []), (x1, y1)]
             if len(pts) > 2:                               # a smooth curve through the waypoints of a long edge
@@ -459,19 +490,25 @@ def draw_workflow(G:nx.DiGraph, # the workflow
             if (a, b) in back and a != b:                   # the middle of the arc (arc3 bends in display space)
                 rad = -0.35 if x1 <= x0 else 0.35
                 (X0, Y0), (X1, Y1) = ax.transData.transform([(x0, y0), (x1, y1)])
-                lx, ly = ax.transData.inverted().transform(((X0 + X1) / 2 + 0.5 * rad * (Y1 - Y0), (Y0 + Y1) / 2 - 0.5 * rad * (X1 - X0)))
+                lx, ly = ax.transData.inverted().transform(((X0 + X1) / 2 + 0.5 * rad * (Y1 - Y0),
+                                                            (Y0 + Y1) / 2 - 0.5 * rad * (X1 - X0)))
             ax.text(lx, ly, _short(e["when"]), fontsize=fs - 1.5, ha="center", va="center", color="#444444", zorder=3,
                     bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     for n, (x, y) in pos.items():
         d = G.nodes[n]; t = d.get("type")
         fc = OUTCOME_COLORS.get(d.get("outcome"), COLORS["end"]) if t == "end" else COLORS.get(t, COLORS[None])
-        style = {"decision": "round4,pad=0.35", "end": "round,pad=0.4", "tool": "square,pad=0.35"}.get(t, "round,pad=0.3")
+        style = {"decision": "round4,pad=0.35", "end": "round,pad=0.4", "tool": "square,pad=0.35"}.get(t,
+            "round,pad=0.3")
         label = "\n".join(textwrap.wrap(str(n).replace("_", " "), 16))
         if t == "end": label += f"\n({d.get('outcome', '?')})"
-        ax.text(x, y, label, ha="center", va="center", fontsize=fs, zorder=4, fontweight="bold" if n in hubs else "normal",
-                bbox=dict(boxstyle=style, fc=fc, ec="#b03a2e" if n in hubs else "#555555", lw=2.2 if n in hubs else 0.8))
+        ax.text(x, y, label, ha="center", va="center", fontsize=fs, zorder=4, fontweight="bold" if n in hubs
+                else "normal",
+                bbox=dict(boxstyle=style, fc=fc, ec="#b03a2e" if n in hubs else "#555555", lw=2.2 if n in hubs
+                          else 0.8))
     start = G.graph.get("start")
-    if start in pos: ax.annotate("start", pos[start], xytext=(0, 22), textcoords="offset points", ha="center", fontsize=fs, color="#555555")
+    if start in pos:
+        ax.annotate("start", pos[start], xytext=(0, 22), textcoords="offset points", ha="center", fontsize=fs,
+                    color="#555555")
     legend = [Patch(fc=COLORS[t], ec="#555555", label=t) for t in TYPES[:3]] + \
              [Patch(fc=OUTCOME_COLORS[o], ec="#555555", label=f"end: {o}") for o in OUTCOMES] + \
              [Patch(fc="white", ec="#b03a2e", lw=2.2, label="decision hub (2+ branches)"),
@@ -495,7 +532,8 @@ def workflow_prompt(G:nx.DiGraph, # the workflow
     steps = []
     for n, d in G.nodes(data=True):
         t = d.get("type")
-        head = f"## {n} (" + (f"end: {d.get('outcome')}" if t == "end" else str(t)) + (", start" if n == g.get("start") else "") + ")"
+        head = f"## {n} (" + (f"end: {d.get('outcome')}" if t == "end" else str(t)) + (", start" if n == g.get("start")
+                                                                                       else "") + ")"
         lines = [head]
         if d.get("say"): lines.append(("Note: " if t == "decision" else "Do: ") + " ".join(str(d["say"]).split()))
         if t == "decision": lines.append("Say nothing here; route on what the user just said:")
@@ -522,9 +560,6 @@ def count_tokens(text:str, # the text to measure
     if tokenizer is not None:
         return len(tokenizer(text, add_special_tokens=False)["input_ids"])
     return sum(-(-len(p) // 4) if p[0].isalnum() else 1 for p in _PIECE.findall(text))
-
-# %% ../nbs/00_workflow.ipynb #50955e63
-import bisect, functools, html, importlib, importlib.util, inspect, sys
 
 # %% ../nbs/00_workflow.ipynb #9e3e439f
 _SHAPES = {"agent": ('["', '"]'), "decision": ('{"', '"}'), "tool": ('[["', '"]]'), "end": ('(["', '"])')}
@@ -560,702 +595,6 @@ def to_mermaid(G:nx.DiGraph, # the workflow
         fill = OUTCOME_COLORS.get(c) or COLORS.get(c)
         out += [f"    classDef {c} fill:{fill},stroke:#555555", f"    class {','.join(ids)} {c}"]
     return "\n".join(out) + "\n"
-
-# %% ../nbs/00_workflow.ipynb #51982c21
-_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
-_MD = re.compile(r"(\*\*|__)(.+?)\1|(?<![\w*])[*_](?=\S)(.+?)(?<=\S)[*_](?![\w*])")
-
-def _code(m):
-    "A Mermaid entity code `#35;` / `#quot;` as its character (left as it is when it names none)."
-    k = m[1]
-    if k.isdigit(): return chr(int(k)) if int(k) < 0x110000 else m[0]
-    s = html.unescape(f"&{k};")
-    return m[0] if s == f"&{k};" else s
-
-def mermaid_text(raw:str, # a label as written: `<br>`, HTML tags, `#quot;`/`#35;` codes, `&amp;` entities
-                 markdown:bool=False # a markdown string (`"`...`"`): also drop `**bold**` / `*italic*` marks
-                ) -> str:
-    "The plain one-line text of a Mermaid label or link text."
-    t = re.sub(r"<br\s*/?>", " ", raw, flags=re.I)
-    t = _TAG.sub("", t)
-    t = re.sub(r"\bfa[bsrl]?:fa-[\w-]+", "", t)                       # Font Awesome icons
-    if markdown: t = _MD.sub(lambda m: m[2] or m[3], t)
-    t = html.unescape(t)                                              # &amp; &lt; &#39; ...
-    t = re.sub(r"#(\d{1,7}|[A-Za-z]{2,10});", _code, t)
-    return " ".join(t.split())
-
-# %% ../nbs/00_workflow.ipynb #395ec239
-class _Bad(Exception):
-    "A syntax problem at a position of the Mermaid text (turned into a `WorkflowError` naming the line)."
-    def __init__(self, pos, msg): self.pos, self.msg = pos, msg
-
-_SP = re.compile(r"[ \t]*")
-_GAP = re.compile(r"(?:[ \t\r\n;]+|%%\{.{0,5000}?\}%%|%%[^\n]*)*", re.S)   # spaces, newlines, `;`, comments, directives
-
-def _gap(s, pos, newlines=False):
-    "The position after spaces and tabs (and newlines, `;` and `%%` comments when `newlines`)."
-    return (_GAP if newlines else _SP).match(s, pos).end()
-
-# %% ../nbs/00_workflow.ipynb #02156acc
-def _label(s, pos, close):
-    "(text, is_markdown, end) of a label that starts at `pos` and ends with one of `close`: quoted or not, over lines."
-    q, closes = _gap(s, pos, True), close if isinstance(close, tuple) else (close,)
-    for a, b, md in (('"`', '`"', True), ('"', '"', False)):
-        if s.startswith(a, q) and (e := s.find(b, q + len(a))) >= 0:
-            r = _gap(s, e + len(b), True)
-            c = next((c for c in closes if s.startswith(c, r)), None)
-            if c: return s[q + len(a):e], md, r + len(c)
-    depth, i = 0, pos
-    while i < len(s):                                   # unquoted: brackets inside must balance
-        c = next((c for c in closes if s.startswith(c, i)), None) if depth == 0 else None
-        if c: return s[pos:i], False, i + len(c)
-        if s[i] in "([{": depth += 1
-        elif s[i] in ")]}":
-            if not depth: raise _Bad(i, f"a stray {s[i]!r} inside a label (quote the label: [\"...\"])")
-            depth -= 1
-        i += 1
-    raise _Bad(pos, f"a label is never closed with {' or '.join(map(repr, closes))}")
-
-# %% ../nbs/00_workflow.ipynb #431a4177
-_OPENERS = [("(((", ")))", "circle"), ("((", "))", "circle"), ("([", "])", "stadium"), ("(-", "-)", "round"),
-            ("(", ")", "round"), ("[[", "]]", "subroutine"), ("[(", ")]", "cylinder"), ("[/", ("/]", "\\]"), "rect"),
-            ("[\\", ("\\]", "/]"), "rect"), ("[", "]", "rect"), ("{{", "}}", "hexagon"), ("{", "}", "rhombus"),
-            (">", "]", "odd")]
-_DATA_SHAPES = {"rhombus": "diam diamond decision question",
-                "subroutine": "subproc subprocess subroutine fr-rect framed-rectangle",
-                "cylinder": "cyl cylinder database db h-cyl das horizontal-cylinder lin-cyl disk",
-                "stadium": "stadium pill terminal", "hexagon": "hex hexagon prepare",
-                "circle": "circle circ sm-circ small-circle start fr-circ framed-circle stop dbl-circ double-circle"}
-_DATA = {n: shape for shape, names in _DATA_SHAPES.items() for n in names.split()}
-
-def _shape_data(s, pos):
-    "(shape, label, end) of `@{ shape: ..., label: \"...\" }` starting at `pos` (at the `{`)."
-    i = pos + 1
-    while i < len(s) and s[i] != "}":
-        if s[i] == '"':
-            i = s.find('"', i + 1)
-            if i < 0: raise _Bad(pos, "a quoted value in `@{...}` is never closed")
-        i += 1
-    if i >= len(s): raise _Bad(pos, "`@{` is never closed with `}`")
-    kv = {k: (q or v).strip() for k, q, v in re.findall(r'(\w+)\s*:\s*(?:"([^"]*)"|([^,\n}]*))', s[pos + 1:i])}
-    return _DATA.get(kv.get("shape", "").lower(), "rect"), kv.get("label"), i + 1
-
-# %% ../nbs/00_workflow.ipynb #8eacc661
-def _shape(s, pos):
-    "(shape, label, is_markdown, end) of the node shape at `pos`, or (None, None, False, pos) when there is none."
-    if s.startswith("@{", pos):
-        shape, label, end = _shape_data(s, pos + 1)
-        return shape, label, False, end
-    first = None
-    for a, b, shape in _OPENERS:                          # longest opener first; `[/x]` falls back to `[`
-        if s.startswith(a, pos):
-            try: label, md, end = _label(s, pos + len(a), b)
-            except _Bad as e: first = first or e; continue
-            return shape, label, md, end
-    if first: raise first
-    return None, None, False, pos
-
-# %% ../nbs/00_workflow.ipynb #4758dfd7
-_TAIL = r"(?:[>]|[xo](?!\w))"
-_LINK = re.compile(rf"(?:\w+@)?([xo<]?)(?:-{{2,}}(?:-|{_TAIL})|={{2,}}(?:=|{_TAIL})|-?\.+-{_TAIL}?|(~{{3,}}))")
-_TXT = r'("`[^`]*`"|"[^"\n]*"|\S(?:[^\n]*?\S)?)'                    # no spaces at its ends: no slow backtracking
-_TEXT_LINK = re.compile(rf"(?:\w+@)?([xo<]?)(?:--(?![->])[ \t]*{_TXT}[ \t]*-{{2,}}(?:-|{_TAIL})|"
-                        rf"==(?![=>])[ \t]*{_TXT}[ \t]*={{2,}}(?:=|{_TAIL})|-\.[ \t]*{_TXT}[ \t]*\.+-{_TAIL}?)")
-_GLUED = re.compile(r"(?:\w+@)?([xo<]?)(?:-{2,}|={2,})[xo]")      # `A--oB`: Mermaid reads a circle end here too
-
-def _unquote(t):
-    "(text, is_markdown) of a link text, without its quotes."
-    t = t.strip()
-    if len(t) > 3 and t.startswith('"`') and t.endswith('`"'): return t[2:-2], True
-    if len(t) > 1 and t[0] == t[-1] == '"': return t[1:-1], False
-    return t, False
-
-# %% ../nbs/00_workflow.ipynb #16f88d36
-def _link(s, pos):
-    "(dict(text, markdown, both, invisible), end) of the link at `pos`, or None when there is none."
-    seg = s[pos:min(_rest(s, pos), pos + 1000)]                 # a link and its text sit on one line
-    m = _LINK.match(seg) or _TEXT_LINK.match(seg) or _GLUED.match(seg)
-    if not m: return None
-    raw = next((g for g in m.groups()[1:] if g), None) if m.re is _TEXT_LINK else None
-    text, md = _unquote(raw) if raw else (None, False)
-    end = pos + m.end()
-    p = _gap(s, end)
-    if s.startswith("|", p):                              # -->|text|
-        for a, b in (('"`', '`"'), ('"', '"'), ("", "")):
-            q = _gap(s, p + 1)
-            if a and not s.startswith(a, q): continue
-            e = s.find(b + "|" if b else "|", q + len(a))
-            if e >= 0: text, md, end = s[q + len(a):e], a == '"`', e + len(b) + 1; break
-        else: raise _Bad(p, "a link text `|...` is never closed with `|`")
-    return dict(text=text, markdown=md, both=bool(m[1]), invisible=m.re is _LINK and bool(m[2])), end
-
-def _rest(s, pos):
-    "The end of the line at `pos` (before its newline)."
-    e = s.find("\n", pos)
-    return len(s) if e < 0 else e
-
-# %% ../nbs/00_workflow.ipynb #7e04f3ba
-_ID = re.compile(r"(?:\w|[!#$'*+?\\/]|-(?![->.=])|\.(?!-)|=(?!=))+")
-_CLASS = re.compile(r":::([\w-]+)")
-
-def _node(s, pos, st):
-    "Read one node (`id`, `id[label]`, `id:::class`, `id@{...}`) at `pos` into `st`; its id and the end."
-    m = _ID.match(s, pos)
-    if not m: raise _Bad(pos, f"expected a node id, found {_show(s[pos:_rest(s, pos)].strip() or 'nothing')}")
-    n, end = m[0], m.end()
-    shape, label, md, end2 = _shape(s, _gap(s, end))
-    if shape: end = end2
-    if s.startswith("@{", end):                         # `A[label]@{ shape: ... }`
-        shape2, label2, end = _shape_data(s, end + 1)
-        shape, label = shape2, label2 if label2 is not None else label
-    while (c := _CLASS.match(s, end)): st["classes"].setdefault(n, []).append(c[1]); end = c.end()
-    _mention(st, n, shape, label, md, pos)
-    return n, end
-
-def _mention(st, n, shape, label, md, pos):
-    "Record that node `n` appears at `pos` (with a shape and label when given): the first label wins."
-    d = st["nodes"].setdefault(n, dict(pos=pos, shape=None, label=None))
-    for sg in st["open"]:
-        if n not in st["members"][sg]: st["members"][sg].append(n)
-    if shape is None: return
-    text = mermaid_text(label, md) if label is not None else None
-    if d["shape"] is None: d.update(shape=shape, label=text, pos=pos)
-    elif text != d["label"]:
-        st["warn"].append((pos, f"node {n!r} is defined again with the label {_show(text)}: "
-                                f"the first label, {_show(d['label'])} (line {st['line'](d['pos'])}), is kept"))
-
-# %% ../nbs/00_workflow.ipynb #8d3eb31e
-def _group(s, pos, st):
-    "Read `A & B & C` at `pos`: the node ids and the end."
-    ids = []
-    while True:
-        n, pos = _node(s, pos, st); ids.append(n)
-        p = _gap(s, pos)
-        if not s.startswith("&", p): return ids, pos
-        pos = _gap(s, p + 1)
-
-def _vertices(s, pos, st):
-    "Read a statement of nodes and links (`A --> B & C -- text --> D`) at `pos`; return its end."
-    group, pos = _group(s, pos, st)
-    while True:
-        p = _gap(s, pos)
-        lk = _link(s, p)
-        if lk is None: return pos
-        link, p = lk
-        p = _gap(s, p)
-        if p >= len(s) or s[p] in "\r\n;": raise _Bad(p, "a link with no node after it")
-        nxt, pos = _group(s, p, st)
-        st["edges"] += [dict(link, a=a, b=b, pos=p) for a in group for b in nxt]
-        group = nxt
-
-# %% ../nbs/00_workflow.ipynb #4c0c4e4c
-_KEYWORDS = re.compile(r"(subgraph|end|direction|classDef|class|style|linkStyle|click|accTitle|accDescr)"
-                       r"(?=[ \t:{;]|$)", re.M)
-
-def _subgraph(line, pos, st):
-    "Open the subgraph of a `subgraph id [title]` / `subgraph \"title\"` line."
-    t = re.match(r'([^\s\[\]"]+)\s*\[\s*"?(.*?)"?\s*\]$|"(.*)"$|(.+)$', line.split(";")[0].strip())
-    sg = (t[1] or t[3] or t[4]).strip() if t else f"subgraph@{st['line'](pos)}"
-    st["members"].setdefault(sg, []); st["open"].append(sg); st["subpos"].setdefault(sg, pos)
-
-def _keyword(s, pos, st):
-    "Read a keyword statement (subgraph, end, class, style, ...) at `pos`; its end, or None when there is none here."
-    m = _KEYWORDS.match(s, pos)
-    if not m or _link(s, _gap(s, m.end())): return None    # `style --> B`: a node that happens to be called style
-    kw, eol = m[1], _rest(s, pos)
-    line = s[m.end():eol].split("%%")[0].strip()
-    if kw == "end":
-        if line and not line.startswith(";"): return None    # `end[...]`: Mermaid refuses it, we read it as a node
-        if st["open"]: st["open"].pop()
-        else: st["warn"].append((pos, "an `end` without a `subgraph`: ignored"))
-        return m.end()
-    if kw == "subgraph": _subgraph(line, pos, st)
-    elif kw == "class" and (c := re.match(r"([^\s;]+)\s+([\w-]+)", line)):
-        for n in c[1].split(","): st["classes"].setdefault(n.strip(), []).append(c[2])
-    elif kw == "accTitle": st.setdefault("title", line.lstrip(":").strip())
-    elif kw == "accDescr" and line.startswith("{"):
-        e = s.find("}", m.end())
-        if e < 0: raise _Bad(pos, "`accDescr {` is never closed with `}`")
-        st["description"] = " ".join(s[s.find("{", m.end()) + 1:e].split()); return e + 1
-    elif kw == "accDescr": st["description"] = line.lstrip(":").strip()
-    return eol                                               # direction, classDef, style, linkStyle, click: layout only
-
-# %% ../nbs/00_workflow.ipynb #8db867ea
-def _statements(s, pos, st):
-    "Read every statement from `pos` to the end of the diagram."
-    while True:
-        pos = _gap(s, pos, True)
-        if pos >= len(s): return
-        if re.match(r"(```|~~~)\s*$", s[pos:_rest(s, pos)]):   # the closing fence of a Markdown block
-            st["warn"].append((pos, "a closing ``` fence: the rest is ignored")); return
-        end = _keyword(s, pos, st)
-        if end is None: end = _vertices(s, pos, st)
-        p = _gap(s, end)
-        if p < len(s) and s[p] not in "\r\n;" and not s.startswith("%%", p):
-            raise _Bad(p, f"cannot read {_show(s[p:_rest(s, p)].strip())}")
-        pos = p
-
-# %% ../nbs/00_workflow.ipynb #b9954c69
-_HEAD = re.compile(r"(flowchart-elk|flowchart|graph)\b[ \t]*((?:TB|TD|BT|RL|LR|BR)\b|[<>^v](?=[\s;]|$))?[ \t]*;?", re.M)
-_OTHER = re.compile(r"(sequenceDiagram|classDiagram(?:-v2)?|stateDiagram(?:-v2)?|erDiagram|gantt|pie|journey|gitGraph|"
-                    r"mindmap|timeline|quadrantChart|requirementDiagram|C4\w+|zenuml|(?:sankey|xychart|block|packet|"
-                    r"architecture|radar|treemap|kanban)(?:-beta)?)\b")
-
-def _front(s, st):
-    "The position after `---` front matter (its title kept in `st`)."
-    m = re.match(r"\s*---[ \t]*\r?\n", s)
-    if not m: return 0
-    e = re.compile(r"^---[ \t]*$", re.M).search(s, m.end())
-    if not e: raise _Bad(m.end() - 1, "front matter opened with `---` is never closed with `---`")
-    try: meta = yaml.safe_load(s[m.end():e.start()])
-    except yaml.YAMLError: meta = None; st["warn"].append((m.end(), "front matter is not YAML: ignored"))
-    if isinstance(meta, dict) and isinstance(meta.get("title"), (str, int, float)): st["title"] = str(meta["title"])
-    return e.end()
-
-def _header(s, pos, st):
-    "The position after the `flowchart TD` / `graph LR` line; stray text before it is skipped with a warning."
-    while True:
-        pos = _gap(s, pos, True)
-        if pos >= len(s): raise _Bad(None, "no `flowchart TD` (or `graph TD`) line: is this a Mermaid flowchart?")
-        eol = _rest(s, pos)
-        if (m := _OTHER.match(s, pos)):
-            raise _Bad(pos, f"a Mermaid {m[1]}, not a flowchart (only `flowchart`/`graph` describe a procedure)")
-        if (m := _HEAD.match(s, pos)): return m.end()
-        h = next((h for h in _HEAD.finditer(s, pos, eol) if not s[h.end():eol].strip()), None)   # `x flowchart TD`
-        st["warn"].append((pos, f"text before the flowchart ignored: {_show(s[pos:h.start() if h else eol].strip())}"))
-        if h: return h.end()
-        pos = eol
-
-# %% ../nbs/00_workflow.ipynb #9392cbeb
-def _subgraph_edges(st):
-    "The links, with those to a subgraph going to its entry nodes and those from one leaving from its exit nodes."
-    subs = {sg: [n for n in ms if n not in st["members"]] for sg, ms in st["members"].items()}
-    inner = [(e["a"], e["b"]) for e in st["edges"] if not e["invisible"]]
-    def ends(sg, way, pos):
-        ms = subs[sg]
-        if not ms: raise _Bad(pos, f"subgraph {sg!r} has no nodes to link to")
-        if way == "in": got = [n for n in ms if not any(b == n and a in ms and a != n for a, b in inner)]
-        else: got = [n for n in ms if not any(a == n and b in ms and b != n for a, b in inner)]
-        return got or ms[:1]
-    out = []
-    for e in st["edges"]:
-        for a in (ends(e["a"], "out", e["pos"]) if e["a"] in subs else [e["a"]]):
-            out += [dict(e, a=a, b=b) for b in (ends(e["b"], "in", e["pos"]) if e["b"] in subs else [e["b"]])]
-    return out
-
-# %% ../nbs/00_workflow.ipynb #3ec9306b
-def _drawn_graph(st, edges, line, source):
-    "The flowchart as drawn, as a `networkx.DiGraph` (two-way links as two links; invisible ones left out)."
-    R = nx.DiGraph(title=st.get("title"), description=st.get("description"))
-    for n, d in st["nodes"].items():
-        if n not in st["members"]:
-            R.add_node(n, label=d["label"], shape=d["shape"], classes=st["classes"].get(n, []), line=line(d["pos"]))
-    for e in edges:
-        a, b, at = e["a"], e["b"], line(e["pos"])
-        label = mermaid_text(e["text"], e["markdown"]) if e["text"] else None
-        if e["invisible"]:
-            st["warn"].append((e["pos"], f"an invisible link {a} ~~~ {b} only shapes the layout: ignored")); continue
-        for x, y in [(a, b), (b, a)] if e["both"] else [(a, b)]:
-            if not R.has_edge(x, y): R.add_edge(x, y, label=label, line=at)
-            elif label and R.edges[x, y]["label"] is None: R.edges[x, y]["label"] = label
-            elif label and R.edges[x, y]["label"] != label:
-                old = R.edges[x, y]
-                st["warn"].append((e["pos"], f"a second link {x} -> {y} ({_show(label)}): the first, "
-                                             f"{_show(old['label'])} (line {old['line']}), is kept"))
-        if e["both"]: st["warn"].append((e["pos"], f"a two-way link {a} <-> {b}: read as two links, one each way"))
-    R.graph["warnings"] = [f"{source}:{line(p)}: {m}" for p, m in sorted(st["warn"], key=lambda w: w[0])]
-    return R
-
-def read_mermaid(text:str, # the Mermaid source
-                 source:str="mermaid", # how errors and warnings name it (a file name)
-                 line_offset:int=0 # lines before `text` in its file (a block in a Markdown file)
-                ) -> nx.DiGraph:
-    "The flowchart as drawn: nodes with `label`, `shape`, `classes`, `line`; links with `label`, `line`; warnings."
-    starts = [0] + [m.end() for m in re.finditer(r"\n", text)]
-    line = lambda pos: bisect.bisect_right(starts, pos) + line_offset
-    st = dict(nodes={}, edges=[], classes={}, open=[], members={}, subpos={}, warn=[], line=line)
-    try:
-        if len(text) > MAX_BYTES: raise _Bad(None, f"{len(text)/1e6:.1f} MB of text, more than a flowchart may have")
-        _statements(text, _header(text, _front(text, st), st), st)
-        for sg in st["open"]: st["warn"].append((st["subpos"][sg], f"subgraph {sg!r} has no `end`"))
-        edges = _subgraph_edges(st)
-    except _Bad as e:
-        raise WorkflowError(f"{source}:{line(e.pos)}: {e.msg}" if e.pos is not None else f"{source}: {e.msg}") from None
-    return _drawn_graph(st, edges, line, source)
-
-# %% ../nbs/00_workflow.ipynb #cfef19ae
-_CUES = [("success", r"\b(?:success\w*|succeeded)\b"),
-         ("escalation", r"escalat\w*|transfer\w*|hand(?:ed|s|ing)?[ -]?(?:off|over)\b|\bhandoff|\bhuman\b|live agent|"
-          r"real person|supervisor|\bmanager\b|specialist|on[ -]?call|\btier[ -]?[23]|\blevel[ -]?[23]|\bl[23]\b|"
-          r"(?:2nd|second) line|\brefer\w* (?:to|the)\b|call ?back|\bpage[sd]? (?:the|an?)\b"),
-         ("abandonment", r"abandon\w*|\bgives? up|\bgave up|\bleaves?\b|\bleft\b|\bhangs? up|\bhung up|\bquits?\b|"
-          r"walk(?:s|ed)? away|drops? off|\bdropped\b|no (?:reply|response|answer)|unresponsive|inactiv\w*|"
-          r"\btime[sd]?[ -]?out|\btimeout|not interested|\bdeclin\w*|never ?mind|disconnect\w*|"
-          r"stops? (?:replying|responding)")]
-
-def end_outcome(text:str) -> tuple:
-    "(outcome, the words that say so) of an end step described by `text`; (None, None) when no word tells."
-    for outcome, cue in _CUES:
-        if (m := re.search(cue, text or "", re.I)): return outcome, m[0]
-    return None, None
-
-# %% ../nbs/00_workflow.ipynb #7300f559
-_START = re.compile(r"\W*(?:start|begin|entry|entry point|trigger|start here|begin here)\W*", re.I)
-_END = re.compile(r"\W*(?:the )?(?:end|stop|done|finish(?:ed)?|exit|close[d]?|terminate[d]?|end of (?:the )?(?:chat|"
-                  r"conversation|call|flow|process)|(?:conversation|chat|call|flow|process) "
-                  r"(?:ends?|over|closed|complete))\W*", re.I)
-_IDENT = r"[`'\"]?(?:\w+[_.]\w[\w.]*|(?-i:\w*[a-z][A-Z]\w*)|\w+\(\))(?:\(\))?[`'\"]?"    # snake_case, camelCase, f()
-_TOOL = re.compile(rf"^\W*(?:tool|api|function|fn)\s*:|"
-                   rf"\b(?:call|invoke|run|execute|trigger|use)\s+(?:the\s+)?(?:tool\s+|function\s+)?{_IDENT}|"
-                   r"\b(?:call|invoke|query|hit)\s+(?:the\s+)?[\w-]+\s+(?:api|tool|function|endpoint|webhook)\b|"
-                   r"\bapi\b|\w\(\)", re.I)
-TOOL_SHAPES, END_SHAPES = ("subroutine", "odd", "cylinder"), ("stadium", "circle")
-
-def _human(n):
-    "A node id as words: `lookup_order` / `lookupOrder` -> 'lookup order'."
-    return " ".join(re.sub(r"([a-z])([A-Z])", r"\1 \2", re.sub(r"[_\-.]+", " ", str(n))).split()).lower()
-
-def _words(R, n):
-    "What node `n` says: its label, or its id in words."
-    return R.nodes[n].get("label") or _human(n)
-
-def _explicit(R, n):
-    "(type, outcome) that the node's classes name (`class X tool`, `X:::escalation`), else (None, None)."
-    cs = [c.lower() for c in R.nodes[n].get("classes") or []]
-    o = next((c for c in cs if c in OUTCOMES), None)
-    return ("end", o) if o else (next((c for c in cs if c in TYPES), None), None)
-
-# %% ../nbs/00_workflow.ipynb #9336da06
-def _unique(R, n):
-    "`n`, or `n_2`, `n_3`, ... : an id not yet in `R`."
-    k, m = 2, n
-    while m in R: m, k = f"{n}_{k}", k + 1
-    return m
-
-def _entry(R, W, at):
-    "The start (start markers give way to the step after them; several entries get a `start` decision), a description."
-    for n in [n for n in R if R.degree(n) == 0 and len(R) > 1]:
-        W.append(f"{at(n)}node {n!r} is linked to nothing: left out"); R.remove_node(n)
-    if not R.number_of_edges():
-        raise WorkflowError(f"{at(next(iter(R), None))}no links: a workflow needs steps joined by arrows")
-    roots = [n for n in R if R.in_degree(n) == 0]
-    if not roots:
-        first = next(iter(R)); W.append(f"{at(first)}every node has a way in: the first one, {first!r}, is the start")
-        return first, None
-    entries, desc = [], None
-    for r in roots:
-        d = R.nodes[r]
-        marker = not _explicit(R, r)[0] and (d.get("shape") in END_SHAPES or _START.fullmatch(_words(R, r)))
-        if marker and R.out_degree(r) == 1:                 # ([Customer writes in]) --> A: the conversation starts at A
-            if d.get("label") and not _START.fullmatch(d["label"]): desc = desc or d["label"]
-            entries.append(next(iter(R.successors(r)))); R.remove_node(r)
-        else:
-            if marker: d.update(type="decision", label=None if _START.fullmatch(_words(R, r)) else d.get("label"))
-            entries.append(r)
-    entries = list(dict.fromkeys(entries))
-    if len(entries) == 1: return entries[0], desc
-    hub = _unique(R, "start")
-    R.add_node(hub, type="decision", label=None, line=R.nodes[entries[0]]["line"])
-    R.add_edges_from((hub, e, dict(label=None, line=R.nodes[e]["line"])) for e in entries)
-    W.append(f"{at(entries[0])}{len(entries)} entry points ({', '.join(map(repr, entries))}): a decision {hub!r} "
-             "routes the customer's first message to them")
-    return hub, desc
-
-# %% ../nbs/00_workflow.ipynb #1485f123
-def _node_types(R):
-    "Each node's `type` (and `outcome`, `explicit`): its class; else a sink is an end, a rhombus a decision, and so on."
-    for n, d in R.nodes(data=True):
-        t, o = _explicit(R, n)
-        d["explicit"] = bool(t)
-        if o: d["outcome"] = o
-        if "type" in d and not t: continue
-        rhombus = d.get("shape") == "rhombus" or (d.get("shape") == "hexagon" and R.out_degree(n) >= 2)
-        d["type"] = t or ("end" if not R.out_degree(n) else "decision" if rhombus else
-                          "tool" if d.get("shape") in TOOL_SHAPES or _TOOL.search(d.get("label") or "") else "agent")
-
-def _contract(R, W, at, start):
-    "Leave out decisions with a single way out (their links go straight on); the start, moved if it was one."
-    again = True
-    while again:
-        again = False
-        for d in list(R):
-            if R.nodes[d]["type"] != "decision" or R.nodes[d]["explicit"] or R.out_degree(d) != 1: continue
-            s = next(iter(R.successors(d)))
-            if s == d: continue
-            for p in list(R.predecessors(d)):
-                if p != d and not R.has_edge(p, s):
-                    label = R.edges[d, s].get("label") or R.edges[p, d].get("label")
-                    R.add_edge(p, s, label=label, line=R.edges[p, d]["line"])
-            W.append(f"{at(d)}decision {d!r} has a single way out: left out, its links go straight to {s!r}")
-            start = s if start == d else start
-            R.remove_node(d); again = True
-    return start
-
-# %% ../nbs/00_workflow.ipynb #cbb11f0c
-def _ends(R, W, at):
-    "Give each end its outcome: from its class, its words, else per link from the link's or the previous step's words."
-    for e in [n for n in R if R.nodes[n]["type"] == "end"]:
-        d = R.nodes[e]
-        if d.get("outcome"): continue
-        own, by = end_outcome(_words(R, e)), {}
-        for p in R.predecessors(e):
-            o = own if own[0] else end_outcome(R.edges[p, e].get("label"))
-            o = o if o[0] or R.nodes[p]["type"] == "decision" else end_outcome(_words(R, p))
-            by.setdefault(o[0] or "success", []).append((p, o[1]))
-        for k, (o, ps) in enumerate(by.items() or [("success", [])]):
-            n = _unique(R, f"{e}_{o}") if k else e
-            if k:
-                R.add_node(n, **{**d, "outcome": o})
-                for p, _ in ps: R.add_edge(p, n, **R.edges[p, e]); R.remove_edge(p, e)
-            R.nodes[n]["outcome"] = o
-            cues = sorted({c for _, c in ps if c})
-            why = f"from the words {', '.join(map(repr, cues))}" if cues else "(no word of abandonment or escalation)"
-            W.append(f"{at(e)}end {n!r} ({_show(_words(R, e))}): outcome {o} {why}: check it")
-
-def _hubs(R, W, at):
-    "An agent or tool step with several ways out becomes that step followed by a decision `<id>_branch`."
-    steps = [n for n, d in R.nodes(data=True) if d["type"] in ("agent", "tool") and not d["explicit"]]
-    for n in [n for n in steps if R.out_degree(n) >= 2]:
-        h = _unique(R, f"{n}_branch")
-        R.add_node(h, type="decision", label=None, line=R.nodes[n]["line"], explicit=False, after=n)
-        for _, m, e in list(R.out_edges(n, data=True)): R.add_edge(h, m, **e); R.remove_edge(n, m)
-        R.add_edge(n, h, label=None, line=R.nodes[n]["line"])
-    for h in [n for n in R if R.nodes[n]["type"] == "decision"]:
-        for _, m, e in R.out_edges(h, data=True):
-            if not e.get("label"):
-                e["label"] = _words(R, m)
-                W.append(f"{at(h)}branch {h} -> {m} has no text: its condition is the next step's words "
-                         f"{_show(e['label'])}")
-
-# %% ../nbs/00_workflow.ipynb #8697a7f4
-def _say(R, n):
-    "The `say` of node `n`: its label, unless it only repeats the id or marks an end (`End`, `served (success)`)."
-    d, label = R.nodes[n], R.nodes[n].get("label")
-    if not label or label == n: return None
-    ours = re.fullmatch(rf"{re.escape(str(n))}\s*\((?:{'|'.join(OUTCOMES)})\)", label)     # `to_mermaid`'s end label
-    if d["type"] == "end" and (_END.fullmatch(label) or ours): return None
-    return label
-
-def _skeleton_graph(R, name, start, desc):
-    "The workflow graph of a mapped drawing: start first, each hub after its step, `say`/`outcome`/`when` fields."
-    G = nx.DiGraph(name=name, start=start)
-    if R.graph.get("description") or R.graph.get("title") or desc:
-        G.graph["description"] = R.graph.get("description") or R.graph.get("title") or desc
-    hubs = {d["after"]: n for n, d in R.nodes(data=True) if d.get("after")}
-    order = [start] + [m for n in R if not R.nodes[n].get("after") for m in (n, hubs.get(n)) if m]
-    for n in dict.fromkeys(order):
-        d = R.nodes[n]
-        G.add_node(n, type=d["type"], **({"outcome": d["outcome"]} if d["type"] == "end" else {}),
-                   **({"say": s} if (s := _say(R, n)) else {}))
-    for a, b, e in R.edges(data=True): G.add_edge(a, b, **({"when": e["label"]} if e.get("label") else {}))
-    return G
-
-# %% ../nbs/00_workflow.ipynb #6825486e
-def workflow_skeleton(R:nx.DiGraph, # a flowchart as drawn (`read_mermaid`, or the graph `from_langgraph` reads)
-                      name:str="workflow", # the workflow's name
-                      source:str="mermaid", # how problems and warnings name where it came from
-                      warnings:list=None # a list to append the import's warnings to
-                     ) -> nx.DiGraph:
-    "A workflow skeleton from a drawn flowchart: types, start, ends and outcomes, decision hubs, `when` (see above)."
-    R, W = R.copy(), list(R.graph.get("warnings") or [])
-    def at(n): return f"{source}:{R.nodes[n]['line']}: " if n in R and R.nodes[n].get("line") else f"{source}: "
-    start, desc = _entry(R, W, at)
-    _node_types(R)
-    start = _contract(R, W, at, start)
-    if R.nodes[start]["type"] == "end":
-        raise WorkflowError(f"{at(start)}the flowchart starts at its end {start!r}: no step to take")
-    _ends(R, W, at); _hubs(R, W, at)
-    G = _skeleton_graph(R, name, start, desc)
-    texts = [s for _, s in G.nodes(data="say") if s] + [w for *_, w in G.edges(data="when") if w]
-    if (ph := list(dict.fromkeys(p for t in texts for p in placeholders(t)))):
-        G.graph["slots"] = {p: [f"<{p}>"] for p in ph}
-        W.append(f"{source}: placeholders {', '.join('{' + p + '}' for p in ph)} are slots with stand-in values: "
-                 "give them real values (draft_workflow does)")
-    if warnings is not None: warnings += W
-    _LINES[G], G.graph["source"] = {n: R.nodes[n]["line"] for n in R if R.nodes[n].get("line")}, source
-    try: validate_workflow(G)                          # problems name the lines of their nodes
-    finally: _LINES.pop(G, None); G.graph.pop("source")
-    return G
-
-# %% ../nbs/00_workflow.ipynb #fc7ee880
-def _slug(text):
-    "A name made of lower-case words joined by `_`."
-    return "_".join(re.findall(r"\w+", str(text).lower()))[:60]
-
-def from_mermaid(text:str, # a Mermaid `flowchart` (or `graph`) definition
-                 name:str=None, # the workflow's name (default: the front matter's title, else 'mermaid')
-                 warnings:list=None, # a list to append warnings to (outcomes to check, what was ignored, ...)
-                 source:str="mermaid", # how errors and warnings name the text (a file name)
-                 line_offset:int=0 # lines before `text` in its file
-                ) -> nx.DiGraph:
-    "A workflow skeleton from Mermaid flowchart text; raises a `WorkflowError` naming the line of any problem."
-    R = read_mermaid(text, source, line_offset)
-    return workflow_skeleton(R, name or _slug(R.graph.get("title") or "") or "mermaid", source, warnings)
-
-# %% ../nbs/00_workflow.ipynb #2188bccd
-def _prompt_text(x, depth=0):
-    "The system (else first) template text of a LangChain prompt in `x` (a prompt, or a chain that starts with one)."
-    if x is None or depth > 4: return None
-    if isinstance(getattr(x, "template", None), str): return x.template
-    msgs = getattr(x, "messages", None)
-    if isinstance(msgs, (list, tuple)):
-        found = [(type(m).__name__, getattr(getattr(m, "prompt", None), "template", None)) for m in msgs]
-        found = [(k, t) for k, t in found if isinstance(t, str) and t.strip()]
-        return next((t for k, t in found if k.startswith("System")), found[0][1] if found else None)
-    for part in (getattr(x, "first", None), getattr(x, "bound", None), *(getattr(x, "steps", None) or [])[:1]):
-        if part is not None and part is not x and (t := _prompt_text(part, depth + 1)): return t
-    return None
-
-def langgraph_node_text(data, # the node's runnable (`graph.get_graph().nodes[n].data`)
-                        metadata:dict=None # the node's metadata (`add_node(..., metadata={"prompt": ...})`)
-                       ) -> str|None:
-    "What a LangGraph node does, in words: `say`/`prompt`/`description` metadata, its docstring, or its prompt."
-    meta = metadata if isinstance(metadata, dict) else {}
-    for k in ("say", "prompt", "instruction", "description"):
-        if isinstance(meta.get(k), str) and meta[k].strip(): return " ".join(meta[k].split())
-    tools = getattr(data, "tools_by_name", None)
-    if isinstance(tools, dict) and tools: return "Call the tool " + ", ".join(map(str, tools))
-    f = getattr(data, "func", None) or data
-    while isinstance(f, functools.partial): f = f.func
-    doc = inspect.getdoc(f) if inspect.isfunction(f) or inspect.ismethod(f) else None
-    text = doc.split("\n\n")[0] if doc else _prompt_text(data)
-    return (" ".join(re.sub(r"\{(\w+)\}", r"\1", text).split()) or None) if text else None
-
-# %% ../nbs/00_workflow.ipynb #cc31ac92
-def _one_line(e): return " ".join(f"{type(e).__name__}: {e}".split())[:300]
-
-def _langgraph_view(graph, source):
-    "The drawable graph (`get_graph()`) of a compiled LangGraph graph or of a `StateGraph` (compiled here)."
-    g = graph
-    try:
-        if not hasattr(g, "get_graph") and callable(getattr(g, "compile", None)): g = g.compile()
-        if not hasattr(g, "get_graph"): raise TypeError
-        return g.get_graph()
-    except TypeError:
-        got = type(graph).__name__
-        raise WorkflowError(f"{source}: expected a LangGraph StateGraph or compiled graph, not {got}") from None
-    except Exception as e:
-        raise WorkflowError(f"{source}: LangGraph cannot build this graph: {_one_line(e)}") from None
-
-def _drawn_langgraph(V, source):
-    "The LangGraph graph `V` as drawn (`read_mermaid`'s form): `__start__`/`__end__` as `start`/`end` circles."
-    ids = {k: k for k in V.nodes}
-    for k, n in (("__start__", "start"), ("__end__", "end")):
-        while n in V.nodes: n += "_"
-        ids[k] = n
-    R, W = nx.DiGraph(), []
-    for k, node in V.nodes.items():
-        if k in ("__start__", "__end__"):
-            R.add_node(ids[k], label=None, shape="circle", classes=[], line=None); continue
-        if hasattr(node.data, "builder"): W.append(f"{source}: node {k!r} is a subgraph: imported as one step")
-        tool = type(node.data).__name__ == "ToolNode" or "__tools" in (node.metadata or {}) or "tool" in k.lower()
-        R.add_node(k, label=langgraph_node_text(node.data, node.metadata), shape="subroutine" if tool else "rect",
-                   classes=[], line=None)
-    for e in V.edges:
-        a, b = ids[e.source], ids[e.target]
-        label = e.data if isinstance(e.data, str) and e.data not in (e.target, b) else None
-        label = _human(label) if label and re.fullmatch(r"\w+", label) else label
-        if not R.has_edge(a, b): R.add_edge(a, b, label=label, line=None)
-        elif label: W.append(f"{source}: a second branch {a} -> {b} ({label!r}): the first is kept")
-    R.graph["warnings"] = W
-    return R
-
-def from_langgraph(graph, # a LangGraph `StateGraph`, or the compiled graph `StateGraph.compile()` returns
-                   name:str=None, # the workflow's name (default: 'langgraph')
-                   warnings:list=None, # a list to append warnings to
-                   source:str="langgraph" # how errors and warnings name the graph
-                  ) -> nx.DiGraph:
-    "A workflow skeleton from a LangGraph graph: its nodes, `END` as ends, conditional branches named as `when`."
-    R = _drawn_langgraph(_langgraph_view(graph, source), source)
-    return workflow_skeleton(R, name or "langgraph", source, warnings)
-
-# %% ../nbs/00_workflow.ipynb #9a71e5c5
-_FENCE = re.compile(r"^([ \t]*)(`{3,}|~{3,})[ \t]*\{?mermaid\}?[^\n]*\n(.*?)^[ \t]*\2[ \t]*$", re.M | re.S)
-
-def mermaid_block(text:str, # a Markdown document
-                  source:str="markdown" # how errors name it
-                 ) -> tuple:
-    "(the first ```mermaid block that holds a flowchart, lines before it); `WorkflowError` when there is none."
-    blocks = [(m[3], text[:m.start(3)].count("\n")) for m in _FENCE.finditer(text)]
-    if not blocks: raise WorkflowError(f"{source}: no ```mermaid block (the flowchart must be in one)")
-    head = re.compile(r"(?:[ \t]*(?:%%[^\n]*)?\n)*[ \t]*(?:flowchart|graph)\b")
-    return next((b for b in blocks if head.match(b[0])), blocks[0])
-
-def _read_source(path):
-    "The text of a flowchart file; one-line `WorkflowError`s for a missing, unreadable or oversized file."
-    p = Path(path)
-    try:
-        if p.stat().st_size > MAX_BYTES: raise WorkflowError(f"{path}: file is larger than {MAX_BYTES/1e6:.0f} MB")
-        return p.read_bytes().decode("utf-8-sig")
-    except FileNotFoundError: raise WorkflowError(f"{path}: no such file") from None
-    except IsADirectoryError: raise WorkflowError(f"{path}: is a folder, not a flowchart file") from None
-    except OSError as e: raise WorkflowError(f"{path}: cannot read: {e.strerror or e}") from None
-    except UnicodeDecodeError as e:
-        raise WorkflowError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start})") from None
-
-# %% ../nbs/00_workflow.ipynb #3c98e1d8
-def _required(f):
-    "The parameters a call of `f` needs."
-    try: ps = inspect.signature(f).parameters.values()
-    except (TypeError, ValueError): return []
-    return [p.name for p in ps if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-
-def _import_module(spec, mod):
-    "The module `mod` names: a `.py` file (imported with its folder on the path) or a dotted module name."
-    if not mod.endswith(".py"): return importlib.import_module(mod)
-    p = Path(mod)
-    if not p.is_file(): raise WorkflowError(f"{spec}: no such file {mod}")
-    name = f"_subterranean_import_{_slug(p.stem) or 'module'}"
-    s = importlib.util.spec_from_file_location(name, p)
-    module = sys.modules[name] = importlib.util.module_from_spec(s)
-    sys.path.insert(0, str(p.resolve().parent))
-    try: s.loader.exec_module(module)
-    finally: sys.path.remove(str(p.resolve().parent))
-    return module
-
-def load_object(spec:str # `path/to/file.py:attr` or `package.module:attr` (attr may be dotted)
-               ):
-    "The object `spec` names, importing its module; a function without arguments is called (a graph factory)."
-    mod, _, attr = spec.rpartition(":")
-    try: obj = _import_module(spec, mod)
-    except WorkflowError: raise
-    except (Exception, SystemExit) as e:
-        raise WorkflowError(f"{spec}: importing {mod} failed: {_one_line(e)}") from None
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            names = [n for n in dir(obj) if not n.startswith("_")][:12]
-            raise WorkflowError(f"{spec}: {mod} has no {part!r} (it has: {', '.join(names) or 'nothing public'})")
-        obj = getattr(obj, part)
-    if callable(obj) and not hasattr(obj, "get_graph") and not hasattr(obj, "compile") and not isinstance(obj, type):
-        if (need := _required(obj)):
-            raise WorkflowError(f"{spec}: {attr} is a function of {', '.join(need)}, not a graph "
-                                "(name the graph, or a function without arguments that builds it)")
-        try: obj = obj()
-        except (Exception, SystemExit) as e:
-            raise WorkflowError(f"{spec}: calling {attr}() failed: {_one_line(e)}") from None
-    return obj
-
-# %% ../nbs/00_workflow.ipynb #5eda2548
-_SPEC = re.compile(r"(?P<mod>.+\.py|[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)")
-
-def import_workflow(source, # a `.mmd` file, a Markdown file with a ```mermaid block, `file.py:graph` or `module:graph`
-                    name:str=None # the workflow's name (default: the flowchart's title, else the file/attribute name)
-                   ) -> tuple:
-    "(workflow skeleton, warnings) from a flowchart file or a LangGraph graph; bad input is a one-line `WorkflowError`."
-    src, W = str(source), []
-    if (m := _SPEC.fullmatch(src)) and not Path(src).exists():
-        attr, mod = m["attr"].split(".")[-1], m["mod"]
-        stem = Path(mod).stem if mod.endswith(".py") else mod.split(".")[-1]
-        generic = attr in ("graph", "app", "workflow", "builder", "agent") or attr.startswith(("make_", "build_"))
-        name = name or _slug(stem if generic else attr)              # `support.py:graph` -> support
-        return from_langgraph(load_object(src), name=name, warnings=W, source=src), W
-    text, offset = _read_source(src), 0
-    bare = re.search(r"^\s*(?:flowchart|graph)\b", text, re.M)
-    if Path(src).suffix.lower() in (".md", ".markdown") or ("```" in text and not bare):
-        text, offset = mermaid_block(text, src)
-    R = read_mermaid(text, src, offset)
-    name = name or _slug(R.graph.get("title") or "") or _slug(Path(src).stem) or "mermaid"
-    return workflow_skeleton(R, name, src, W), W
 
 # %% ../nbs/00_workflow.ipynb #ada7221b
 def _diff(old:dict, new:dict, fields) -> dict:

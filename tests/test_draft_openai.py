@@ -7,7 +7,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fakeserver import FakeChatServer
-from subterranean.workflow import from_mermaid, validate_workflow, save_workflow, load_workflow
+from subterranean.workflow import validate_workflow, save_workflow, load_workflow
+from subterranean.importers import from_mermaid
 from subterranean.generate import (OpenAITeacher, TemplateTeacher, FatalTeacherError, draft_workflow, generate_conversations,
                                    run_info)
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("langgraph")
-from subterranean.workflow import WorkflowError, from_langgraph, import_workflow, validate_workflow, turn_nodes
+from subterranean.workflow import WorkflowError, validate_workflow, turn_nodes
+from subterranean.importers import from_langgraph, import_workflow
 from subterranean.generate import TemplateTeacher, draft_workflow, generate_conversations, split_conversations, run_info
 
 ROOT = Path(__file__).resolve().parent.parent

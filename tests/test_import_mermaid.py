@@ -5,7 +5,8 @@ import random, re, time
 from pathlib import Path
 import networkx as nx
 import pytest
-from subterranean.workflow import (WorkflowError, OUTCOMES, from_mermaid, to_mermaid, import_workflow, validate_workflow,
+from subterranean.importers import from_mermaid, import_workflow
+from subterranean.workflow import (WorkflowError, OUTCOMES, to_mermaid, validate_workflow,
                                    load_workflow, example_path, save_workflow, MAX_BYTES)
 from subterranean.generate import TemplateTeacher, draft_workflow, generate_conversations, run_info, match_node
 

@@ -4,7 +4,8 @@ import copy, os, random, re, shutil, subprocess, sys
 from pathlib import Path
 import pytest, yaml
 from subterranean.workflow import (WorkflowError, load_workflow, validate_workflow, example_path, save_workflow,
-                                   workflow_prompt, to_mermaid, from_mermaid, workflow_hash, MAX_BYTES)
+                                   workflow_prompt, to_mermaid, workflow_hash, MAX_BYTES)
+from subterranean.importers import from_mermaid
 from subterranean.paths import workflow_summary
 
 NAMES = ["travel_booking", "zoom_support", "insurance_claims"]

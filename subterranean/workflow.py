@@ -13,10 +13,10 @@ import yaml
 
 # %% auto #0
 __all__ = ['TYPES', 'OUTCOMES', 'TOP_FIELDS', 'NODE_FIELDS', 'EDGE_FIELDS', 'DEFAULT_OPENERS', 'NODE_ORDER', 'MAX_BYTES',
-           'COLORS', 'OUTCOME_COLORS', 'WorkflowError', 'placeholders', 'fill', 'validate_workflow', 'workflow_dict',
-           'save_workflow', 'read_yaml', 'workflow_from_dict', 'load_workflow', 'example_path', 'decision_hubs',
-           'turn_nodes', 'workflow_hash', 'workflow_layout', 'draw_workflow', 'workflow_prompt', 'count_tokens',
-           'to_mermaid', 'diff_workflows', 'diff_text']
+           'COLORS', 'OUTCOME_COLORS', 'IMPORTERS', 'WorkflowError', 'placeholders', 'fill', 'validate_workflow',
+           'workflow_dict', 'save_workflow', 'read_yaml', 'workflow_from_dict', 'load_workflow', 'example_path',
+           'decision_hubs', 'turn_nodes', 'workflow_hash', 'workflow_layout', 'draw_workflow', 'workflow_prompt',
+           'count_tokens', 'to_mermaid', 'diff_workflows', 'diff_text']
 
 # %% ../nbs/00_workflow.ipynb #6c4080f9
 class WorkflowError(Exception):
@@ -638,3 +638,13 @@ def diff_text(diff:dict) -> str:
                 for k, f in diff[what]["changed"].items()]
     out += [f"~ {k}" for k in diff["fields"]]
     return "\n".join(out) or "no changes"
+
+# %% ../nbs/00_workflow.ipynb #c3d9f1a7
+IMPORTERS = ("read_mermaid", "workflow_skeleton", "from_mermaid", "from_langgraph", "mermaid_block", "import_workflow")
+
+def __getattr__(name):
+    "The importers of `subterranean.importers`, under their old address in this module."
+    if name in IMPORTERS:
+        from subterranean import importers
+        return getattr(importers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

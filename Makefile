@@ -46,11 +46,12 @@ check-readme: $(STAMP)
 	  echo "README.md is behind nbs/index.ipynb: run make readme and commit it."; exit 1; fi; \
 	echo "README.md is in step with nbs/index.ipynb"
 
+# Two notebooks at a time, one torch thread each: two threads each on two cores run several times slower.
 nbtest: $(STAMP)
-	$(BIN)/nbdev-test --n-workers 2 --timing
+	OMP_NUM_THREADS=1 $(BIN)/nbdev-test --n-workers 2 --timing
 
 pytest: $(STAMP)
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q --durations=12 tests
 
 test: check-export check-readme nbtest pytest
 

@@ -78,7 +78,7 @@ def run_condition(name, G, scenarios, sp, out, a, base):
     rec = dict(condition=name, summary=r["summary"][name], eval_s=round(time.time() - t, 1), train=train,
                **{k: per_turn(convs, k) for k in PER_TURN},
                accuracy=[c["adherence"]["accuracy"] for c in convs],
-               transcripts=[dict(scenario=c["scenario"].get("id"), messages=c["messages"][1:]) for c in convs[:3]])
+               transcripts=[dict(scenario=c["scenario"], messages=c["messages"][1:]) for c in convs])   # all: rescorable
     f.parent.mkdir(parents=True, exist_ok=True); f.write_text(json.dumps(rec, indent=1, default=str))
     return rec
 

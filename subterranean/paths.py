@@ -15,7 +15,7 @@ from .workflow import WorkflowError, TYPES, OUTCOMES, decision_hubs
 # %% auto #0
 __all__ = ['acyclic_paths', 'count_paths', 'sample_slot', 'sample_slots', 'path_items', 'candidate_paths', 'greedy_cover',
            'sample_scenarios', 'coverage', 'path_in', 'slot_allows', 'path_slots', 'update_scenarios', 'draw_scenarios',
-           'workflow_summary', 'paths_by_outcome', 'row_scenario', 'heldout_scenarios']
+           'workflow_summary', 'paths_by_outcome', 'scenario_slots', 'row_scenario', 'heldout_scenarios']
 
 # %% ../nbs/01_paths.ipynb #13103eac
 def _ends(G):
@@ -348,13 +348,20 @@ def paths_by_outcome(G:nx.DiGraph, # the workflow
         out[o] = count_paths(H, max_loops)
     return out
 
+# %% ../nbs/01_paths.ipynb #c50c4335
+import json
+
+def scenario_slots(x:dict) -> dict:
+    "The slot values of a scenario, or of a dataset row's scenario (where they are kept as JSON text)."
+    s = x["scenario"] if isinstance(x.get("scenario"), dict) else x
+    slots = s.get("slots")
+    return json.loads(slots) if isinstance(slots, str) else dict(slots or {})
+
 # %% ../nbs/01_paths.ipynb #4ce2b2dc
 def row_scenario(row:dict) -> dict:
     "The scenario (id, path, slots, persona, seed) of a conversation row of a generated dataset."
-    import json
     s = row["scenario"]
-    slots = json.loads(s["slots"]) if isinstance(s.get("slots"), str) else dict(s.get("slots") or {})
-    return dict(id=s.get("id", ""), path=list(row["path"]), slots=slots, persona=s.get("persona"),
+    return dict(id=s.get("id", ""), path=list(row["path"]), slots=scenario_slots(s), persona=s.get("persona"),
                 seed=int(s.get("seed", 0)))
 
 # %% ../nbs/01_paths.ipynb #cd9174c3

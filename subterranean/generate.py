@@ -993,7 +993,8 @@ def _draft_messages(G, task):
 def _node_task(G, n):
     "What to ask a teacher about node `n`."
     d = G.nodes[n]; t = d["type"]
-    what = f"the last step: it ends the conversation ({d.get('outcome')})" if t == "end" else f"a {t} step"
+    a = "an" if t[0] in "aeiou" else "a"
+    what = f"the last step: it ends the conversation ({d.get('outcome')})" if t == "end" else f"{a} {t} step"
     fields = (['"say": one sentence telling the assistant what to do at this step'] if not d.get("say") else []) + [
         '"examples": 3 different messages the assistant could send at this step, each doing what the step says, with '
         '{slot} placeholders for customer details', '"slots": every new slot the examples use, with 4 values each']

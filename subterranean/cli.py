@@ -12,7 +12,7 @@ from .workflow import (WorkflowError, load_workflow, validate_workflow, decision
                                    import_workflow, save_workflow)
 from .paths import count_paths, acyclic_paths, paths_by_outcome, workflow_summary
 from .generate import GenerateConfig, draft_workflow
-from .pipeline import (RunError, Interrupted, EvalConfig, BACKENDS, stage, quiet_libraries, find_endpoint,
+from .pipeline import (RunError, Interrupted, EvalConfig, ResumeConfig, BACKENDS, stage, quiet_libraries, find_endpoint,
                                    check_endpoint, make_teacher, teacher_name, generate_stage, gen_line, train_config,
                                    train_stage, train_line, evaluate_stage, eval_line, compile_workflow, unsloth_first)
 from .distributed import is_main_process, rank, launch_command
@@ -248,7 +248,8 @@ def cmd_compile(args) -> int:
     gen = _generate_config(args)
     train = {"seed": gen.seed, **_train_options(args)}          # one --seed: the scenarios' and the training's
     ev = EvalConfig(**config_from_args(EvalConfig, args))
-    rep = compile_workflow(args.file, args.out, gen, train, ev, _endpoint(args, needed=False), args.force,
+    rc = ResumeConfig(**config_from_args(ResumeConfig, args))
+    rep = compile_workflow(args.file, args.out, gen, train, ev, _endpoint(args, needed=False), args.force, rc,
                            progress=not args.quiet, verbose=args.verbose, log=_say)
     if rep is not None: _say("", rep["markdown"], sep="\n")       # None in the other processes of a launch
     return 0
@@ -379,10 +380,12 @@ def build_parser() -> argparse.ArgumentParser:
              "subterranean compile workflows/travel_booking.yaml --out runs/travel\n"
              "subterranean compile workflows/travel_booking.yaml --out runs/travel-gpt --model gpt-4o-mini   # OPENAI_API_KEY set")
     k.add_argument("file", metavar="FILE"); k.add_argument("--out", required=True, metavar="DIR")
-    k.add_argument("--force", action="store_true", help="replace a run of another workflow in DIR")
+    k.add_argument("--force", action="store_true", help="start over: replace a run of another workflow in DIR, or of "
+                   "an earlier version of this one (which is otherwise recompiled, redoing only what the edit changed)")
     config_args(k, GenerateConfig, "generation (GenerateConfig)", aliases={"n": ["-n"]})
     _train_args(k, skip=("output_dir", "workflow", "seed"))
     config_args(k, EvalConfig, "evaluation (EvalConfig)")
+    config_args(k, ResumeConfig, "resume and recompile (ResumeConfig)")
     _endpoint_args(k, "teacher and judge"); _common(k); k.set_defaults(func=cmd_compile)
     return p
 

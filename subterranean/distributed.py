@@ -6,7 +6,7 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/distributed.html.m
 
 # %% ../nbs/02a_distributed.ipynb #a271a5dc
 from __future__ import annotations
-import os, sys
+import atexit, os, sys
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -52,6 +52,12 @@ def is_main_process() -> bool:
 
 # %% ../nbs/02a_distributed.ipynb #f0e09b65
 DIST_TIMEOUT_S = 4 * 3600
+_JOINED = []
+
+def _leave():
+    "Leave the process group before the interpreter tears down (else gloo can abort a process that exits last)."
+    import torch.distributed as dist
+    if dist.is_initialized(): dist.destroy_process_group()
 
 def join_processes():
     "Join the process group of this launch (once); accelerate's `PartialState`, or None in a single process."
@@ -59,7 +65,9 @@ def join_processes():
     import torch
     from accelerate import PartialState
     t = float(os.environ.get("SUBTERRANEAN_DIST_TIMEOUT", DIST_TIMEOUT_S))
-    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=t))
+    s = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=t))
+    if _leave not in _JOINED: atexit.register(_leave); _JOINED.append(_leave)
+    return s
 
 # %% ../nbs/02a_distributed.ipynb #87b07a22
 def barrier():

@@ -16,10 +16,11 @@ from .workflow import fill, turn_nodes, workflow_hash, DEFAULT_OPENERS
 # %% auto #0
 __all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'DRAFT_SYSTEM', 'run_sync', 'TeacherError',
            'FatalTeacherError', 'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt',
-           'clean_turn', 'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse', 'cache_key', 'load_cache',
-           'append_cache', 'agenerate_conversations', 'run_info', 'generate_conversations', 'GenerateConfig',
-           'split_conversations', 'generation_summary', 'render_conversation', 'draw_coverage', 'second_person',
-           'agent_lines', 'user_lines', 'slot_values', 'draft_asks', 'adraft_workflow', 'draft_workflow']
+           'clean_turn', 'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse', 'conversation_key',
+           'cache_key', 'load_cache', 'append_cache', 'agenerate_conversations', 'run_info', 'generate_conversations',
+           'GenerateConfig', 'split_conversations', 'generation_summary', 'render_conversation', 'draw_coverage',
+           'incremental_scenarios', 'replay_sample', 'split_after_edit', 'second_person', 'agent_lines', 'user_lines',
+           'slot_values', 'draft_asks', 'adraft_workflow', 'draft_workflow']
 
 # %% ../nbs/02_generate.ipynb #93a676ff
 def run_sync(coro):
@@ -390,11 +391,23 @@ async def converse(G:nx.DiGraph, scenario:dict, teacher, user=None, run:_Run=Non
                            cost=round(st["cost"], 8), rejections=json.dumps(dict(st["rejections"]), sort_keys=True)))
 
 # %% ../nbs/02_generate.ipynb #a6cdb00e
-def cache_key(G:nx.DiGraph, scenario:dict, teacher_id:str) -> str:
-    "The cache key of one conversation: workflow hash, path, scenario seed and teacher."
+def conversation_key(G:nx.DiGraph, scenario:dict) -> str:
+    "The hash of all a conversation depends on: its path, nodes and edges, agent line, openers, seed, slots, persona."
     import hashlib
-    s = json.dumps([workflow_hash(G), list(scenario["path"]), int(scenario.get("seed", 0)), teacher_id])
+    path, kn = list(scenario["path"]), {k["id"]: k["text"] for k in G.graph.get("knowledge") or []}
+    nodes = [{**G.nodes[n], "knowledge": [kn.get(k) for k in G.nodes[n].get("knowledge") or []]}   # as texts
+             for n in dict.fromkeys(path)]
+    edges = [G.edges[e] for e in dict.fromkeys(zip(path, path[1:]))]
+    slots = scenario.get("slots") or {}
+    s = json.dumps([path, nodes, edges, G.graph.get("agent"), G.graph.get("openers"), int(scenario.get("seed", 0)),
+                    json.loads(slots) if isinstance(slots, str) else slots, scenario.get("persona") or "neutral"],
+                   sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(s.encode()).hexdigest()[:20]
+
+def cache_key(G:nx.DiGraph, scenario:dict, teacher_id:str) -> str:
+    "The cache key of one conversation: what it depends on (`conversation_key`) and the teacher."
+    import hashlib
+    return hashlib.sha256(json.dumps([conversation_key(G, scenario), teacher_id]).encode()).hexdigest()[:20]
 
 def load_cache(path) -> dict:
     "key -> row from a JSONL cache; a half-written last line is discarded and cut from the file."
@@ -426,6 +439,24 @@ def _bar(total, initial, progress):
     from tqdm.auto import tqdm
     return tqdm(total=total, initial=initial, unit="conv", disable=not progress, desc="generate", dynamic_ncols=True)
 
+def _passes(G, row:dict, grams:set, max_chars:int) -> bool:
+    "Whether every turn of the conversation `row` passes `check_turn` under `G`."
+    ms = row["messages"]
+    for i, m in enumerate(ms):
+        if m["role"] == "system": continue
+        role = "agent" if m["role"] == "assistant" else "user"
+        if check_turn(m["content"], role, G, ms[:i], max_chars, grams): return False
+    return True
+
+def _reusable(G, done:dict, keys:list, max_chars:int=1500) -> dict:
+    "The cached rows of `keys`; one of another version of the workflow is kept (stamped with this one) if it passes."
+    wf, grams, out = dict(name=G.graph.get("name", ""), hash=workflow_hash(G)), _when_grams(G), {}
+    for k in keys:
+        r = done.get(k)
+        if r is not None and r.get("workflow") != wf and _passes(G, r, grams, max_chars): r = {**r, "workflow": wf}
+        if r is not None and r.get("workflow") == wf: out[k] = r
+    return out
+
 async def agenerate_conversations(G:nx.DiGraph, n:int, teacher, user=None, seed:int=0, concurrency:int=8, cache=None,
                                   budget_tokens:int=None, budget_usd:float=None, prices=None, progress:bool=True,
                                   tries:int=3, max_chars:int=1500, max_loops:int=1, scenarios:list=None):
@@ -439,7 +470,7 @@ async def agenerate_conversations(G:nx.DiGraph, n:int, teacher, user=None, seed:
     user_ = user or teacher
     tid = teacher.id if user_ is teacher else f"{teacher.id}|user={user_.id}"
     keys = [cache_key(G, s, tid) for s in scs]
-    done = load_cache(cache) if cache else {}
+    done = _reusable(G, load_cache(cache) if cache else {}, keys, max_chars)
     todo = [(k, s) for k, s in zip(keys, scs) if k not in done]
     todo.sort(key=lambda ks: -len(ks[1]["path"]))      # longest first: the last wave finishes together (rows stay in scenario order)
     run, grams, sem = _Run(budget_tokens, budget_usd, prices), _when_grams(G), asyncio.Semaphore(concurrency)
@@ -595,6 +626,64 @@ def draw_coverage(ds, G:nx.DiGraph):
     ax.set_title(f"{G.graph.get('name', '')}: node coverage {s['node_coverage']:.0%}, edge coverage {s['edge_coverage']:.0%}", fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/02_generate.ipynb #cf422ccd
+def _key_or_none(G, s):
+    try: return conversation_key(G, s)
+    except (KeyError, nx.NetworkXError): return None   # a path that is not in `G`
+
+def incremental_scenarios(previous:list, # the previous run's scenarios (`row_scenario` of each of its conversations)
+                          old:nx.DiGraph, # the workflow they were generated from
+                          new:nx.DiGraph, # the workflow after the edit
+                          n:int=None, # scenarios in all at least (default: as many as before)
+                          seed:int=0, # seeds the new scenarios
+                          max_loops:int=1 # as in `sample_scenarios`
+                         ) -> dict:
+    "The scenarios after an edit (kept, then new), their status (reused, regenerated, new), those dropped, the counts."
+    from subterranean.paths import update_scenarios
+    kept, fresh, dropped = update_scenarios(new, previous, n, seed, max_loops)
+    prev = {s["id"]: s for s in previous}
+    same = lambda s: _key_or_none(old, prev[s["id"]]) == conversation_key(new, s)
+    status = {s["id"]: "reused" if same(s) else "regenerated" for s in kept}
+    status.update({s["id"]: "new" for s in fresh})
+    counts = {k: sum(v == k for v in status.values()) for k in ("reused", "regenerated", "new")}
+    return dict(scenarios=kept + fresh, status=status, dropped=[s["id"] for s in dropped],
+                counts={**counts, "dropped": len(dropped)})
+
+# %% ../nbs/02_generate.ipynb #39563e39
+def replay_sample(ds, # conversations after an edit
+                  status:dict, # scenario id -> reused | regenerated | new (`incremental_scenarios`)
+                  ratio:float=1.0, # reused conversations to draw per regenerated or new one
+                  seed:int=0):
+    "The regenerated and new conversations of `ds`, and `ratio` times as many reused ones drawn at random."
+    ids = [s["id"] for s in ds["scenario"]]
+    fresh = [i for i, x in enumerate(ids) if status.get(x) != "reused"]
+    old = [i for i, x in enumerate(ids) if status.get(x) == "reused"]
+    return ds.select(sorted(fresh + random.Random(seed).sample(old, min(len(old), round(ratio * len(fresh))))))
+
+# %% ../nbs/02_generate.ipynb #dc7bf457
+def split_after_edit(ds, # conversations after an edit
+                     previous:dict, # scenario id -> "train" or "eval" in the previous split
+                     eval_frac:float=0.1, # share of the conversations on new paths held out
+                     seed:int=0):
+    "`DatasetDict(train, eval)`: old scenarios keep their side, new ones go with their path; new paths split by path."
+    from datasets import DatasetDict
+    ids, paths = [s["id"] for s in ds["scenario"]], [tuple(p) for p in ds["path"]]
+    side, known, groups = {}, {}, {}
+    for i, x in enumerate(ids):
+        if x in previous: side[i] = previous[x]; known.setdefault(paths[i], set()).add(previous[x])
+    for i in range(len(ds)):
+        if i in side: continue
+        if paths[i] in known: side[i] = "eval" if known[paths[i]] == {"eval"} else "train"
+        else: groups.setdefault(paths[i], []).append(i)
+    order = list(groups); random.Random(seed).shuffle(order)
+    want, ev = round(eval_frac * sum(map(len, groups.values()))), 0
+    for g in order:
+        for i in groups[g]: side[i] = "eval" if ev < want else "train"
+        ev += len(groups[g]) if side[groups[g][0]] == "eval" else 0
+    if "eval" not in side.values() or "train" not in side.values(): return split_conversations(ds, eval_frac, seed)
+    return DatasetDict(train=ds.select([i for i in range(len(ds)) if side[i] == "train"]),
+                       eval=ds.select([i for i in range(len(ds)) if side[i] == "eval"]))
 
 # %% ../nbs/02_generate.ipynb #ab1ae025
 import copy

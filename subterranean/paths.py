@@ -14,8 +14,8 @@ from .workflow import WorkflowError, TYPES, OUTCOMES, decision_hubs
 
 # %% auto #0
 __all__ = ['acyclic_paths', 'count_paths', 'sample_slot', 'sample_slots', 'path_items', 'candidate_paths', 'greedy_cover',
-           'sample_scenarios', 'coverage', 'draw_scenarios', 'workflow_summary', 'paths_by_outcome', 'row_scenario',
-           'heldout_scenarios']
+           'sample_scenarios', 'coverage', 'path_in', 'slot_allows', 'path_slots', 'update_scenarios', 'draw_scenarios',
+           'workflow_summary', 'paths_by_outcome', 'row_scenario', 'heldout_scenarios']
 
 # %% ../nbs/01_paths.ipynb #13103eac
 def _ends(G):
@@ -146,12 +146,12 @@ def candidate_paths(G:nx.DiGraph, max_loops:int=1, limit:int=5000, seed:int=0) -
     return out
 
 # %% ../nbs/01_paths.ipynb #22e8c7f6
-def greedy_cover(paths:list, n:int=None) -> list:
-    "Indices of paths that together cover every node and edge the paths cover: the most new items first (lazy greedy), at most `n`."
+def greedy_cover(paths:list, n:int=None, covered=()) -> list:
+    "Indices of paths covering every node and edge the paths cover (less `covered`): most new items first, at most `n`."
     items = [path_items(p) for p in paths]
     heap = [(-len(s), len(p), i) for i, (s, p) in enumerate(zip(items, paths))]
     heapq.heapify(heap)
-    covered, picked = set(), []
+    covered, picked = set(covered), []
     while heap and (n is None or len(picked) < n):
         g, l, i = heapq.heappop(heap)
         gain = len(items[i] - covered)
@@ -207,6 +207,78 @@ def coverage(G:nx.DiGraph, scenarios:list) -> dict:
     un_e = [e for e in G.edges if e not in seen]
     return dict(nodes=1 - len(un_n) / max(1, G.number_of_nodes()), edges=1 - len(un_e) / max(1, G.number_of_edges()),
                 uncovered_nodes=un_n, uncovered_edges=un_e)
+
+# %% ../nbs/01_paths.ipynb #922db62e
+def path_in(G:nx.DiGraph, path:list, max_loops:int=1) -> bool:
+    "Whether `path` is a start-to-end path of `G` that visits no node more than `max_loops`+1 times."
+    ends = _ends(G)
+    return (bool(path) and path[0] == G.graph.get("start") and path[-1] in ends and not ends & set(path[:-1])
+            and all(G.has_edge(a, b) for a, b in zip(path, path[1:]))
+            and max(Counter(path).values()) <= _cap(max_loops))
+
+def slot_allows(spec, value) -> bool:
+    "Whether slot `spec` (a list, `{min, max}` or `{choices: [...]}`) can give `value`."
+    if isinstance(spec, dict) and "choices" in spec: spec = spec["choices"]
+    if isinstance(spec, (list, tuple)): return value in spec
+    if not (isinstance(spec, dict) and isinstance(value, int)): return False
+    return spec.get("min", value) <= value <= spec.get("max", value)
+
+def path_slots(G:nx.DiGraph, path:list) -> set:
+    "The slots that the lines on `path` (and the openers) name as `{slot}` placeholders."
+    from subterranean.workflow import placeholders
+    texts = list(G.graph.get("openers") or [])
+    for n in path: d = G.nodes[n]; texts += [d.get("say") or ""] + list(d.get("examples") or [])
+    for a, b in zip(path, path[1:]): e = G.edges[a, b]; texts += [e.get("when") or ""] + list(e.get("user") or [])
+    return {p for t in texts for p in placeholders(t)}
+
+# %% ../nbs/01_paths.ipynb #7a7f3b19
+def _refresh(G, s:dict) -> dict:
+    "Scenario `s` with slots drawn again where the spec no longer allows them or the path needs them; a listed persona."
+    specs, need, slots = G.graph.get("slots") or {}, path_slots(G, s["path"]), dict(s.get("slots") or {})
+    for k, spec in specs.items():
+        if (k in slots and not slot_allows(spec, slots[k])) or (k not in slots and k in need):
+            slots[k] = sample_slot(k, spec, random.Random(f"{s.get('seed', 0)}:{k}"))
+    personas = list(G.graph.get("personas") or ["neutral"])
+    p = s.get("persona")
+    if p not in personas: p = random.Random(f"{s.get('seed', 0)}:persona").choice(personas)
+    return {**s, "path": list(s["path"]), "slots": slots, "persona": p}
+
+def _next_ids(scenarios, k):
+    "`k` scenario ids after the largest `s<number>` id in `scenarios`."
+    nums = [int(s["id"][1:]) for s in scenarios if str(s.get("id", ""))[:1] == "s" and str(s["id"])[1:].isdigit()]
+    start = max(nums, default=len(scenarios) - 1) + 1
+    w = max(4, len(str(start + k - 1)))
+    return [f"s{i:0{w}d}" for i in range(start, start + k)]
+
+def update_scenarios(G:nx.DiGraph, # the workflow after the edit
+                     scenarios:list, # the previous run's scenarios (id, path, slots, persona, seed)
+                     n:int=None, # how many scenarios in all at least (default: as many as before)
+                     seed:int=0, # seeds the new scenarios
+                     max_loops:int=1, # as in `sample_scenarios`
+                     limit:int=5000 # as in `sample_scenarios`
+                    ) -> tuple:
+    "(kept, new, dropped): scenarios whose path is still in `G`, new ones for what they leave uncovered, the others."
+    kept = [_refresh(G, s) for s in scenarios if path_in(G, s["path"], max_loops)]
+    dropped = [s for s in scenarios if not path_in(G, s["path"], max_loops)]
+    cands, rng = candidate_paths(G, max_loops, limit, seed), random.Random(seed)
+    covered = set().union(*(path_items(s["path"]) for s in kept))
+    fresh = [p for p in cands if path_items(p) - covered]
+    target = n or len(scenarios)
+    share = round(target * len(fresh) / max(1, len(cands)))     # as many as a full sample would give these paths
+    idx = _spread(G, fresh, greedy_cover(fresh, covered=covered), share, rng) if fresh else []
+    paths = [fresh[i] for i in idx]
+    if len(kept) + len(paths) < target:                       # scenarios were dropped: back to `target` over every path
+        pos = {tuple(p): i for i, p in enumerate(cands)}
+        have = [pos[tuple(p)] for p in [s["path"] for s in kept] + paths if tuple(p) in pos]
+        more = _spread(G, cands, have, len(have) + target - len(kept) - len(paths), rng)[len(have):]
+        paths += [cands[i] for i in more]
+    personas, use = list(G.graph.get("personas") or ["neutral"]), Counter(s["persona"] for s in kept)
+    new = []
+    for sid, p in zip(_next_ids(scenarios, len(paths)), paths):
+        s, pers = rng.randrange(2**31), min(personas, key=lambda x: (use[x], personas.index(x)))
+        use[pers] += 1
+        new.append({"id": sid, "path": list(p), "slots": sample_slots(G, random.Random(s)), "persona": pers, "seed": s})
+    return kept, new, dropped
 
 # %% ../nbs/01_paths.ipynb #736e07fc
 def draw_scenarios(G:nx.DiGraph, scenarios:list, path=None):

@@ -20,9 +20,10 @@ from .distributed import is_main_process, share
 # %% auto #0
 __all__ = ['NOISY_LOGGERS', 'OPENAI_URL', 'DEFAULT_MODEL', 'BACKENDS', 'STAGES', 'RUN_FILES', 'STAGE_FUNCS', 'RunError',
            'quiet_libraries', 'find_endpoint', 'check_endpoint', 'make_teacher', 'teacher_name', 'Interrupted', 'stage',
-           'generate_stage', 'gen_line', 'load_data', 'check_backend', 'unsloth_first', 'train_config', 'train_stage',
-           'train_line', 'EvalConfig', 'check_in_context', 'evaluate_stage', 'eval_line', 'load_run', 'save_run',
-           'clear_run', 'check_run_dir', 'plan', 'todo_stages', 'compile_report', 'read_workflow', 'compile_workflow']
+           'scenarios_for', 'generate_stage', 'gen_line', 'load_data', 'check_backend', 'unsloth_first', 'train_config',
+           'ResumeConfig', 'train_stage', 'train_line', 'EvalConfig', 'check_in_context', 'evaluate_stage', 'eval_line',
+           'load_run', 'save_run', 'clear_run', 'check_run_dir', 'carry_over', 'plan', 'todo_stages', 'compile_report',
+           'read_workflow', 'compile_workflow']
 
 # %% ../nbs/06_pipeline.ipynb #fbfe3423
 class RunError(Exception):
@@ -125,6 +126,36 @@ def stage(name:str, # the stage, as the messages name it
         raise RunError(f"disk full while writing {getattr(e, 'filename', None) or writing}: free space and rerun the same "
                        "command to resume") from None
 
+# %% ../nbs/06_pipeline.ipynb #0d078b57
+def _previous_split(out) -> dict|None:
+    "scenario id -> 'train' or 'eval' in the data/ split of `out`, None when it has none."
+    if not (Path(out)/"data"/"dataset_dict.json").exists(): return None
+    sp = load_data(out)
+    return {s["id"]: side for side in ("train", "eval") for s in sp[side]["scenario"]}
+
+def scenarios_for(G:nx.DiGraph, # the workflow
+                  out, # the run directory (its scenarios.json, and data/ after an edit)
+                  gen:GenerateConfig # n, seed, max_loops
+                 ) -> tuple:
+    "(scenarios, plan) of a generation in `out`: those drawn for `G` already, those carried over after an edit, or new."
+    from subterranean.workflow import workflow_dict
+    from subterranean.paths import sample_scenarios
+    from subterranean.generate import incremental_scenarios
+    p, h, key = Path(out)/"scenarios.json", workflow_hash(G), dict(n=gen.n, seed=gen.seed, max_loops=gen.max_loops)
+    old = json.loads(p.read_text()) if p.exists() else None
+    if old and old.get("key") == key and old.get("hash") == h: return old["scenarios"], old.get("plan")
+    plan = None
+    if old and old.get("key") == key:                        # the workflow was edited: carry its scenarios over
+        before = workflow_from_dict(old["workflow"])
+        inc = incremental_scenarios(old["scenarios"], before, G, gen.n, gen.seed, gen.max_loops)
+        plan = dict(previous=old["hash"], status=inc["status"], counts=inc["counts"], split=_previous_split(out))
+        scs = inc["scenarios"]
+    else: scs = sample_scenarios(G, gen.n, seed=gen.seed, max_loops=gen.max_loops)
+    tmp = p.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(dict(hash=h, key=key, workflow=workflow_dict(G), scenarios=scs, plan=plan), default=str))
+    os.replace(tmp, p)
+    return scs, plan
+
 # %% ../nbs/06_pipeline.ipynb #5784737e
 def _close(fig, path=None):
     import matplotlib.pyplot as plt
@@ -137,34 +168,40 @@ def generate_stage(G:nx.DiGraph, # the workflow
                    teacher=None, # a TemplateTeacher or OpenAITeacher (default: the template teacher)
                    progress:bool=True # a tqdm bar
                   ) -> dict:
-    "Generate (resuming from `out/conversations.jsonl`), split and save to `out/data`; the generation summary."
-    from subterranean.generate import (generate_conversations, split_conversations, generation_summary, run_info,
-                                       draw_coverage)
+    "Generate (from the cache in `out`; after an edit, what changed), split and save to `out/data`; the summary."
+    from subterranean.generate import (generate_conversations, split_conversations, split_after_edit,
+                                       generation_summary, run_info, draw_coverage)
     cfg, out = cfg or GenerateConfig(), Path(out)
     teacher = teacher or make_teacher(None, cfg.seed)
     out.mkdir(parents=True, exist_ok=True)
+    scs, edit = scenarios_for(G, out, cfg)
     ds = generate_conversations(G, cfg.n, teacher, seed=cfg.seed, concurrency=cfg.concurrency, cache=out/"conversations.jsonl",
                                 budget_tokens=cfg.budget_tokens, budget_usd=cfg.budget_usd, prices=cfg.prices,
-                                progress=progress, max_loops=cfg.max_loops)
+                                progress=progress, max_loops=cfg.max_loops, scenarios=scs)
     info = run_info(ds)
     if len(ds) < 2:
         why = ("the budget stopped it" if info.get("budget_stop") else
                "; ".join(info.get("errors") or []) or "every conversation failed its checks")
         raise RunError(f"generation produced {len(ds)} conversation(s) of {cfg.n} ({why}): raise the budget or n, "
                        "or check the teacher")
-    sp = split_conversations(ds, cfg.eval_frac, cfg.seed)
+    sp = (split_after_edit(ds, edit["split"], cfg.eval_frac, cfg.seed) if edit and edit.get("split")
+          else split_conversations(ds, cfg.eval_frac, cfg.seed))
     sp.save_to_disk(str(out/"data"))
     summary = dict(generation_summary(ds, G, cfg.prices), teacher=teacher.id, train=len(sp["train"]), eval=len(sp["eval"]),
                    from_cache=info.get("from_cache", 0), generated=info.get("generated", 0),
-                   budget_stop=info.get("budget_stop", False))
+                   budget_stop=info.get("budget_stop", False), **({"edit": edit["counts"]} if edit else {}))
     _close(draw_coverage(ds, G), out/"coverage.png")
     (out/"generation.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 def gen_line(s:dict) -> str:
-    "The one-line summary of a generation."
-    return (f"{s['conversations']} conversations ({s['train']} train, {s['eval']} held out; {s['from_cache']} from the cache), "
-            f"node coverage {s.get('node_coverage', 0):.0%}, edge coverage {s.get('edge_coverage', 0):.0%}")
+    "The one-line summary of a generation (after an edit: how many were reused, regenerated, new, dropped)."
+    e = s.get("edit")
+    edit = (f"; after the edit {e['reused']} reused, {e['regenerated']} regenerated, {e['new']} new, "
+            f"{e['dropped']} dropped" if e else "")
+    return (f"{s['conversations']} conversations ({s['train']} train, {s['eval']} held out; {s['from_cache']} from the "
+            f"cache{edit}), node coverage {s.get('node_coverage', 0):.0%}, "
+            f"edge coverage {s.get('edge_coverage', 0):.0%}")
 
 # %% ../nbs/06_pipeline.ipynb #ad44b679
 def load_data(path):
@@ -235,37 +272,62 @@ def train_config(backend:str="auto", # auto | tiny | hf | unsloth
     if "save_as" in kw: kw["save_as"] = tuple(kw["save_as"])
     return CompileConfig(**kw, backend=resolved)
 
+# %% ../nbs/06_pipeline.ipynb #86217f6a
+@dataclass
+class ResumeConfig:
+    "How training survives a crash or a disconnect, and how a recompile after an edit trains."
+    resume: bool = field(default=True, metadata={
+        "help": "continue training from the newest complete checkpoint after a crash or a disconnect"})
+    save_steps: int = field(default=None, metadata={"help": "also checkpoint every N training steps"})
+    save_minutes: float = field(default=5.0, metadata={
+        "help": "checkpoint at least every this many minutes, so a disconnect loses little"})
+    from_previous: bool = field(default=False, metadata={
+        "help": "after an edit: train on from the previous model, on changed and new conversations and a replay sample"})
+    replay: float = field(default=1.0, metadata={
+        "help": "with from_previous: unchanged conversations replayed per regenerated or new one"})
+
 # %% ../nbs/06_pipeline.ipynb #e719a6b6
 def train_stage(data, # a DatasetDict with train and eval splits (or the folder holding one)
                 model_dir, # where the model goes
                 cfg, # a `CompileConfig`
                 G:nx.DiGraph=None, # the workflow (else named by the data)
                 progress:bool=True, # the training bar
-                log=print # where the line that says what it is about to do goes (None: nowhere)
+                log=print, # where the line that says what it is about to do goes (None: nowhere)
+                resume:ResumeConfig=None, # checkpoints, resume, replay
+                init_from=None, # a previous model to train on from, on the conversations `status` does not call reused
+                status:dict=None # scenario id -> reused | regenerated | new, after an edit
                ) -> dict:
-    "Compile the conversations into a model in `model_dir`; the training metrics (without the log history)."
+    "Compile the conversations into a model in `model_dir` (resuming from checkpoints); the metrics (no log history)."
     import math
     from subterranean.train import compile_model, batch_plan
+    from subterranean.generate import replay_sample
+    rc = resume or ResumeConfig()
     sp = data if hasattr(data, "keys") else load_data(data)
     cfg = dataclasses.replace(cfg, output_dir=str(model_dir))
+    tr = replay_sample(sp["train"], status, rc.replay, cfg.seed) if init_from is not None and status else sp["train"]
     b = batch_plan(cfg)
-    steps = math.ceil(len(sp["train"]) / b["global_batch"]) * cfg.epochs
+    steps = math.ceil(len(tr) / b["global_batch"]) * cfg.epochs
     split = f" ({b['batch_size']} per device x {b['grad_accum']} accumulated x {b['processes']} processes)"
+    fresh = sum(status.get(s["id"]) != "reused" for s in tr["scenario"]) if init_from is not None and status else 0
     if log and is_main_process():
-        log(f"  training on {len(sp['train'])} conversations ({len(sp['eval'])} held out): backend {cfg.backend}"
+        log(f"  training on {len(tr)} conversations ({len(sp['eval'])} held out): backend {cfg.backend}"
             + ("" if cfg.backend == "tiny" else f", base model {cfg.base_model}")
+            + (f", on from {init_from} ({fresh} regenerated or new, {len(tr) - fresh} replayed)" if fresh else "")
             + f", {cfg.epochs:g} epochs, global batch {b['global_batch']}" + (split if b["global_batch"] > b["batch_size"] else "")
             + f", about {math.ceil(steps)} steps")
-    m = compile_model(sp["train"], cfg, sp["eval"] if len(sp["eval"]) else None, G, progress=progress and is_main_process())
+    m = compile_model(tr, cfg, sp["eval"] if len(sp["eval"]) else None, G, progress=progress and is_main_process(),
+                      resume=rc.resume, save_steps=rc.save_steps, save_minutes=rc.save_minutes, init_from=init_from)
     return {k: v for k, v in m.items() if k != "log_history"}
 
 def train_line(m:dict) -> str:
-    "The one-line summary of a training run."
+    "The one-line summary of a training run (where it resumed, when it did)."
     best = f", best eval loss {m['best_eval_loss']:.3f}" if m.get("best_eval_loss") is not None else ""
     first, last = m.get("train_loss_first"), m.get("train_loss_last")
     loss = f", loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else ""
     on = f" on {m['processes']} processes" if m.get("processes", 1) > 1 else ""
-    return f"backend {m['backend']}{on}, {m['steps']} steps in {m['train_s']:.0f} s{loss}{best}"
+    prev = " on from the previous model" if m.get("init_from") else ""
+    res = f", resumed at step {m['resumed_from_step']}" if m.get("resumed_from_step") else ""
+    return f"backend {m['backend']}{on}{prev}, {m['steps']} steps in {m['train_s']:.0f} s{res}{loss}{best}"
 
 # %% ../nbs/06_pipeline.ipynb #4a73c2ac
 @dataclass
@@ -328,7 +390,7 @@ def eval_line(rep:dict) -> str:
 # %% ../nbs/06_pipeline.ipynb #583ce9d8
 STAGES = ("validate", "generate", "train", "evaluate", "report")
 RUN_FILES = ("run.json", "workflow.yaml", "workflow.png", "conversations.jsonl", "data", "generation.json", "coverage.png",
-             "model", "loss.png", "eval", "report.md", "report.json")
+             "model", "loss.png", "eval", "report.md", "report.json", "scenarios.json", "previous_model")
 
 def load_run(out) -> dict|None:
     "The run recorded in `out/run.json`, or None."
@@ -354,19 +416,18 @@ def clear_run(out):
 def check_run_dir(out, # the run directory
                   G:nx.DiGraph, # the workflow to compile there
                   source:str, # where the workflow comes from (for messages)
-                  force:bool=False # replace a run of another workflow (or a folder that holds none)
+                  force:bool=False # start over: replace a run of another workflow or of this one, or a folder of none
                  ) -> dict|None:
-    "The run to resume in `out`, None for a new one; a `RunError` when `out` belongs to another workflow's run."
+    "The run to resume in `out` (maybe of an earlier version of `G`), None for a new one; `RunError` for another's."
     out, name, h = Path(out), G.graph.get("name"), workflow_hash(G)
     if out.exists() and not out.is_dir(): raise RunError(f"--out {out} is a file, not a directory: choose another --out", 2)
     run = load_run(out)
     if run is not None and run.get("workflow", {}).get("hash") != h:
         old = run.get("workflow", {})
+        if not force and old.get("name") == name: return run   # an earlier version: recompiled, redoing what changed
         if not force:
-            what = (f"an earlier version of workflow {name!r} (hash {old.get('hash')}); {source} has changed (hash {h})"
-                    if old.get("name") == name else
-                    f"workflow {old.get('name')!r} (hash {old.get('hash')}), not {name!r} from {source} (hash {h})")
-            raise RunError(f"{out} holds a run of {what}: choose another --out, or pass --force to replace that run", 2)
+            raise RunError(f"{out} holds a run of workflow {old.get('name')!r} (hash {old.get('hash')}), not {name!r} "
+                           f"from {source} (hash {h}): choose another --out, or pass --force to replace that run", 2)
         clear_run(out); return None
     if run is None and out.is_dir() and any(out.iterdir()):
         if not force: raise RunError(f"{out} is not empty and holds no subterranean run (no run.json): choose another --out, "
@@ -374,10 +435,36 @@ def check_run_dir(out, # the run directory
         clear_run(out)
     return run
 
+# %% ../nbs/06_pipeline.ipynb #6706a290
+def carry_over(G:nx.DiGraph, # the workflow after the edit
+               out, # the run directory, holding a run of an earlier version of `G`
+               run:dict, # that run (run.json)
+               log=print # where the diff goes (None: nowhere)
+              ) -> dict:
+    "Turn `run` into a run of `G`: show the diff from the run's workflow, keep its finished model as `previous_model/`."
+    from subterranean.workflow import diff_workflows, diff_text
+    from subterranean.train import CONFIG_FILE
+    out, h = Path(out), workflow_hash(G)
+    say = log or (lambda *a, **k: None)
+    try: old = workflow_from_dict(read_yaml(out/"workflow.yaml"))
+    except WorkflowError: old = None                       # no earlier workflow file to compare with
+    if old is not None:
+        d = diff_workflows(old, G)
+        say(f"{G.graph.get('name')} changed since the run in {out} (hash {run['workflow'].get('hash')} -> {h}), "
+            f"{d['changes']} change(s):")
+        for l in diff_text(d).splitlines(): say("  " + l)
+    m, prev = out/"model", out/"previous_model"
+    if (m/CONFIG_FILE).exists():                           # a finished model: the one to train on from
+        shutil.rmtree(prev, ignore_errors=True); os.replace(m, prev)
+    else: shutil.rmtree(m, ignore_errors=True)             # a model half-trained on the earlier version's data
+    run["previous"] = dict(hash=run["workflow"].get("hash")); run["workflow"]["hash"] = h
+    return run
+
 # %% ../nbs/06_pipeline.ipynb #7972a1e1
-def plan(G:nx.DiGraph, gen:GenerateConfig, cfg, ev:EvalConfig, ep:dict|None) -> dict:
+def plan(G:nx.DiGraph, gen:GenerateConfig, cfg, ev:EvalConfig, ep:dict|None, rc:ResumeConfig=None) -> dict:
     "The resolved options of a compile run, and each stage's key (the options it depends on)."
     train = dataclasses.asdict(cfg); train.pop("output_dir", None); train.pop("workflow", None)
+    if rc is not None and rc.from_previous: train.update(from_previous=True, replay=rc.replay)   # the model hangs on it
     o = dict(dataclasses.asdict(gen), teacher=teacher_name(ep, gen.seed), train=train, eval_n=ev.eval_n,
              judge=teacher_name(ep) if ep and ev.judge else None, in_context=ev.in_context, max_new_tokens=ev.max_new_tokens)
     gk = ("n", "seed", "teacher", "max_loops", "eval_frac", "budget_tokens", "budget_usd", "prices")
@@ -408,10 +495,21 @@ def _validate(G, out, ctx):
 
 def _generate(G, out, ctx):
     s = generate_stage(G, out, ctx["generate"], make_teacher(ctx["endpoint"], ctx["generate"].seed), ctx["progress"])
-    return ["conversations.jsonl", "data", "generation.json", "coverage.png"], gen_line(s), s
+    return ["conversations.jsonl", "data", "generation.json", "coverage.png", "scenarios.json"], gen_line(s), s
+
+def _previous(out, rc:ResumeConfig) -> tuple:
+    "(previous model, statuses) to train on from after an edit, when `rc` asks and there is one; else (None, None)."
+    sj = Path(out)/"scenarios.json"
+    edit = json.loads(sj.read_text()).get("plan") if sj.exists() else None
+    prev = Path(out)/"previous_model" if rc.from_previous and edit and (Path(out)/"previous_model").is_dir() else None
+    return prev, edit["status"] if prev else None
 
 def _train(G, out, ctx):
-    m = train_stage(out/"data", out/"model", ctx["train"], G, ctx["progress"], ctx["log"])
+    rc = ctx["resume"]
+    prev, status = _previous(out, rc)
+    if rc.from_previous and prev is None and ctx["log"]:
+        ctx["log"]("  no edit with a previous model to train on from: training from scratch")
+    m = train_stage(out/"data", out/"model", ctx["train"], G, ctx["progress"], ctx["log"], rc, prev, status)
     shutil.copyfile(out/"model"/"loss.png", out/"loss.png")
     return ["model", "loss.png"], train_line(m), m
 
@@ -444,9 +542,11 @@ def compile_report(out, run:dict) -> tuple:
                f"${g['cost_usd']:.4f}. Picture: `coverage.png`.", ""]
     if t:
         base = "trained from scratch" if t["backend"] == "tiny" else f"base model {run['options']['train']['base_model']}"
+        if t.get("init_from"): base = "trained on from the model compiled before the edit, `previous_model/`"
         md += ["## Training", "", f"{train_line(t)} ({base}); {t['conversations']} conversations, {t['tokens']:,} tokens per "
                f"epoch, {t['supervised_fraction']:.0%} of them supervised; peak memory {t['peak_rss_mb'] / 1024:.1f} GiB. "
                "Model: `model/`; loss curve: `loss.png`.", ""]
+        if t.get("resumed_from_step"): md[-2] += f" Training resumed at step {t['resumed_from_step']} (a checkpoint)."
     if (out/"eval"/"report.md").exists():
         md += ["#" + _tidy((out/"eval"/"report.md").read_text()).strip(), "", "Plots and conversations: `eval/`.", ""]
     md += [f"Talk to it: `subterranean chat {out}`"]
@@ -474,7 +574,10 @@ def read_workflow(workflow) -> tuple:
 def _train_beside(workflow, out, cfg):
     "A process other than the main one in a compile: wait for the main one's data, then train beside it; None."
     G = read_workflow(workflow)[0]
-    if share(None): train_stage(Path(out)/"data", Path(out)/"model", cfg, G, progress=False, log=None)
+    rc = share(None)                                  # the main process's ResumeConfig (as a dict) when it trains, else None
+    if rc is not None:
+        rc = ResumeConfig(**rc)
+        train_stage(Path(out)/"data", Path(out)/"model", cfg, G, False, None, rc, *_previous(out, rc))
     return None
 
 # %% ../nbs/06_pipeline.ipynb #5c13380e
@@ -491,7 +594,8 @@ def compile_workflow(workflow, # a workflow file, its YAML text, or a networkx D
                      train=None, # a `CompileConfig`, or a dict of its fields for `train_config` (TINY_DEFAULTS under them)
                      evaluate:EvalConfig|dict=None, # held-out scenarios, judge, in-context agent
                      endpoint:dict=None, # dict(base_url, model, key) for teacher and judge (see `find_endpoint`); None: offline
-                     force:bool=False, # replace a run of another workflow (or a folder that holds no run)
+                     force:bool=False, # start over: replace a run of another workflow or version, or a folder of none
+                     resume:ResumeConfig|dict=None, # checkpoints, resume; after an edit, train on from the last model?
                      progress:bool=True, # progress bars while stages work
                      verbose:bool=False, # leave the libraries' own logs and warnings on
                      log=print # where the stage lines go (None: nowhere)
@@ -501,29 +605,33 @@ def compile_workflow(workflow, # a workflow file, its YAML text, or a networkx D
     unsloth_first(cfg.backend)                        # before anything loads transformers
     with quiet_libraries(verbose):
         if not is_main_process(): return _train_beside(workflow, out, cfg)
-        return _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log)
+        return _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log, resume)
 
-def _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log):
+def _compile(workflow, out, generate, cfg, evaluate, endpoint, force, progress, log, resume=None):
     say = log or (lambda *a, **k: None)
     G, source, text = read_workflow(workflow)
-    gen, ev = _config(GenerateConfig, generate), _config(EvalConfig, evaluate)
+    gen, ev, rc = _config(GenerateConfig, generate), _config(EvalConfig, evaluate), _config(ResumeConfig, resume)
     out = Path(out)
     run = check_run_dir(out, G, source, force)
-    p = plan(G, gen, cfg, ev, endpoint)
+    p = plan(G, gen, cfg, ev, endpoint, rc)
     why = todo_stages(run, p["keys"], out)
+    edited = run is not None and run["workflow"].get("hash") != workflow_hash(G)
+    if edited: why["validate"] = "the workflow changed"
     if endpoint and (why["generate"] or (why["evaluate"] and (p["options"]["judge"] or ev.in_context))):
         endpoint = check_endpoint(endpoint)
     check_in_context(ev, endpoint)
     out.mkdir(parents=True, exist_ok=True)
+    if edited: run = carry_over(G, out, run, log)
     run = run or dict(workflow=dict(name=G.graph.get("name"), hash=workflow_hash(G)), stages={},
                       created=time.strftime("%Y-%m-%dT%H:%M:%S"))
     run["workflow"]["source"], run["options"] = source, p["options"]
     for s in STAGES:
         if why[s]: run["stages"].pop(s, None)
     save_run(out, run)
-    ctx = dict(text=text, generate=gen, train=cfg, evaluate=ev, endpoint=endpoint, progress=progress, log=log, run=run)
+    ctx = dict(text=text, generate=gen, train=cfg, evaluate=ev, endpoint=endpoint, progress=progress, log=log, run=run,
+               resume=rc)
     for i, s in enumerate(STAGES, 1):
-        if s == "train": share(bool(why[s]))          # the other processes of a launch wait here, then train beside this one
+        if s == "train": share(dataclasses.asdict(rc) if why[s] else None)   # the other processes wait, then train beside
         head = f"[{i}/{len(STAGES)}] {s}"
         if not why[s]: say(f"{head}: done already ({run['stages'][s]['summary']}), skipped"); continue
         say(f"{head} ... ({why[s]})")

@@ -18,7 +18,7 @@ __all__ = ['TYPES', 'OUTCOMES', 'TOP_FIELDS', 'NODE_FIELDS', 'EDGE_FIELDS', 'DEF
            'example_path', 'decision_hubs', 'turn_nodes', 'workflow_hash', 'workflow_layout', 'draw_workflow',
            'workflow_prompt', 'count_tokens', 'to_mermaid', 'mermaid_text', 'read_mermaid', 'end_outcome',
            'workflow_skeleton', 'from_mermaid', 'langgraph_node_text', 'from_langgraph', 'mermaid_block', 'load_object',
-           'import_workflow']
+           'import_workflow', 'diff_workflows', 'diff_text']
 
 # %% ../nbs/00_workflow.ipynb #6c4080f9
 class WorkflowError(Exception):
@@ -1256,3 +1256,46 @@ def import_workflow(source, # a `.mmd` file, a Markdown file with a ```mermaid b
     R = read_mermaid(text, src, offset)
     name = name or _slug(R.graph.get("title") or "") or _slug(Path(src).stem) or "mermaid"
     return workflow_skeleton(R, name, src, W), W
+
+# %% ../nbs/00_workflow.ipynb #ada7221b
+def _diff(old:dict, new:dict, fields) -> dict:
+    "Keys added, removed, and changed (key -> the fields that differ, as `fields(old value, new value)` says)."
+    both = [k for k in old if k in new]
+    return dict(added=[k for k in new if k not in old], removed=[k for k in old if k not in new],
+                changed={k: f for k in both if (f := fields(old[k], new[k]))})
+
+def _fields(a, b) -> list:
+    "The fields two attribute dicts differ in; for two other values, ['value'] when they differ."
+    if isinstance(a, dict) and isinstance(b, dict): return [k for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)]
+    return [] if a == b else ["value"]
+
+def _edge_dict(G): return {f"{a} -> {b}": d for a, b, d in G.edges(data=True)}
+def _kn(G): return {k["id"]: k for k in G.graph.get("knowledge") or [] if isinstance(k, dict) and "id" in k}
+
+def diff_workflows(old:nx.DiGraph, # the workflow before the edit
+                   new:nx.DiGraph # the workflow after it
+                  ) -> dict:
+    "What changed from `old` to `new`: nodes, edges, slots, knowledge added, removed, changed (fields); top fields."
+    g = lambda G, k: G.graph.get(k, 1 if k == "format" else None)      # a graph built in memory is format 1 too
+    top = [k for k in dict.fromkeys([*old.graph, *new.graph])
+           if k not in ("source", "slots", "knowledge") and g(old, k) != g(new, k)]
+    d = dict(nodes=_diff(dict(old.nodes(data=True)), dict(new.nodes(data=True)), _fields),
+             edges=_diff(_edge_dict(old), _edge_dict(new), _fields),
+             slots=_diff(old.graph.get("slots") or {}, new.graph.get("slots") or {}, _fields),
+             knowledge=_diff(_kn(old), _kn(new), lambda a, b: ["text"] if a.get("text") != b.get("text") else []),
+             fields=top)
+    d["changes"] = len(top) + sum(len(v["added"]) + len(v["removed"]) + len(v["changed"])
+                                  for k, v in d.items() if k != "fields")
+    return d
+
+# %% ../nbs/00_workflow.ipynb #1d291b1f
+def diff_text(diff:dict) -> str:
+    "One line per change in a `diff_workflows` result: `+` added, `-` removed, `~` changed (fields), or 'no changes'."
+    out = []
+    for what in ("nodes", "edges", "slots", "knowledge"):
+        one = what[:-1] if what != "knowledge" else what
+        out += [f"+ {one} {k}" for k in diff[what]["added"]] + [f"- {one} {k}" for k in diff[what]["removed"]]
+        out += [f"~ {one} {k}" + (f": {', '.join(f)}" if f != ["value"] else "")
+                for k, f in diff[what]["changed"].items()]
+    out += [f"~ {k}" for k in diff["fields"]]
+    return "\n".join(out) or "no changes"

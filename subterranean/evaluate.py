@@ -1,4 +1,4 @@
-"""Simulated users, the LLM judge and its rubric, path adherence, cost and latency, and the statistics that compare conditions.
+"""Simulated users, adherence, slot fidelity and task success without a judge, the LLM judge, cost, statistics.
 
 Docs: https://subterranean-ai.github.io/subterranean-compiler/evaluate.html.md"""
 
@@ -15,7 +15,8 @@ from .generate import turn_plan, match_node, run_sync, TemplateTeacher, _prices
 from .chat import Agent, scripted_user
 
 # %% auto #0
-__all__ = ['RUBRIC', 'CRITERIA', 'user_system', 'ask', 'simulate', 'adherence', 'conversation_cost', 'JudgeError', 'judge_prompt',
+__all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', 'adherence', 'value_tokens', 'slot_specs',
+           'find_values', 'slot_fidelity', 'task_success', 'conversation_cost', 'JudgeError', 'judge_prompt',
            'parse_judgement', 'judge', 'bootstrap_ci', 'wilcoxon_p', 'mann_whitney_p', 'cohens_d', 'holm',
            'evaluate_agents', 'report_markdown', 'report']
 
@@ -76,6 +77,204 @@ def adherence(conversation, # dict with `messages`, or a list of messages
     first = next((k for k, h in enumerate(hits) if not h), None)
     return dict(accuracy=sum(hits) / max(len(hits), 1), first_divergence=first,
                 right_end=bool(actual) and bool(expected) and actual[-1] == expected[-1], expected=expected, actual=actual)
+
+# %% ../nbs/05_evaluate.ipynb #5fed113e
+_TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)|[^\W_]+")
+
+def value_tokens(text) -> list:
+    "Lower-cased word and number tokens of `text` with their character spans; `4,262` is the number `4262`."
+    low = str(text).lower().replace("\u2019", "'")
+    return [(m[0].replace(",", ""), m.start(), m.end()) for m in _TOKEN.finditer(low)]
+
+def _key(v) -> str: return " ".join(t for t, *_ in value_tokens(v))
+
+# %% ../nbs/05_evaluate.ipynb #44078c01
+_STOP = {"a", "an", "and", "or", "to", "of", "the", "in", "on", "at", "for", "from", "with", "by", "after", "before",
+         "is", "are", "was", "be", "it", "that", "this", "if", "you", "your", "we", "i", "so", "as", "but", "not",
+         "then", "than"}
+
+def _is_num(v): return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.strip().isdigit())
+
+def _unit(rest):
+    "The unit right after a number: its next word, or two words when the first is short (`of us`)."
+    ws = re.match(r"\s+([^\W\d_]+)(?:\s+([^\W\d_]+))?", rest)
+    if not ws: return None
+    return f"{ws[1]} {ws[2]}".lower() if len(ws[1]) <= 2 and ws[2] else ws[1].lower()
+
+def _shape(v):
+    "A regex for identifiers shaped like `v` (an e-mail, a code); None unless `v` is one word with a digit or an @."
+    if re.search(r"\s", v) or not re.search(r"[\d@]", v) or v.isdigit(): return None
+    out = [re.escape(r) if not re.match(r"[^\W_]", r) else r"[^\W_]*\d[^\W_]*" if re.search(r"\d", r) else r"[^\W\d_]+"
+           for r in re.findall(r"[^\W_]+|[\W_]", v.lower())]
+    return r"(?<![\w@.\-])" + "".join(out) + r"(?![\w@]|[.\-][^\W_])"
+
+def _lines(G):
+    out = list(G.graph.get("openers") or [])
+    for _, d in G.nodes(data=True): out += [d.get("say") or ""] + list(d.get("examples") or [])
+    for *_, us in G.edges(data="user"): out += list(us or [])
+    return out
+
+def slot_specs(G:nx.DiGraph) -> dict:
+    "Slot name -> dict(values, lo, hi, numeric, shapes, prefixes, units): how the slot's values look in text."
+    specs = {}
+    for k, v in (G.graph.get("slots") or {}).items():
+        if isinstance(v, dict) and "choices" in v: v = v["choices"]
+        if isinstance(v, dict): s = dict(values=[], lo=v.get("min"), hi=v.get("max"), numeric=True)
+        else: s = dict(values=[str(x) for x in v], lo=None, hi=None, numeric=all(_is_num(x) for x in v))
+        shapes = [] if s["numeric"] else sorted({p for p in map(_shape, s["values"]) if p})
+        s.update(shapes=shapes, prefixes=set(), units={})
+        specs[k] = s
+    for line in _lines(G):
+        for m in re.finditer(r"(\S?)\{(\w+)\}", line):
+            s = specs.get(m[2])
+            if not s or not s["numeric"]: continue
+            if m[1] and not m[1].isalnum() and m[1] not in "([\"'": s["prefixes"].add(m[1])
+            u = _unit(line[m.end():])
+            if u: s["units"][u] = s["units"].get(u, 0) + 1
+    for k, s in specs.items():                        # a unit seen once counts only when it names the slot
+        s["units"] = {u for u, c in s["units"].items() if (c > 1 or u[:4] == k[:4]) and u not in _STOP}
+    return specs
+
+# %% ../nbs/05_evaluate.ipynb #4f611a80
+def find_values(text:str, # an assistant or user turn
+                G:nx.DiGraph, # the workflow
+                slots:dict=None, # the scenario's values (matched too when they are on no list)
+                specs:dict=None # `slot_specs(G)`, when already made
+               ) -> list:
+    "The slot values `text` states, in order: dict(slots, value, start, end, kind), kind list | shape | number."
+    specs, slots, raw = specs or slot_specs(G), slots or {}, str(text)
+    toks, low = value_tokens(raw), raw.lower().replace("\u2019", "'")
+    words, cands = [t for t, *_ in toks], []
+    for k, s in specs.items():
+        for v in ([] if s["numeric"] else set(s["values"]) | ({str(slots[k])} if slots.get(k) is not None else set())):
+            vt = _key(v).split()
+            for i in range(len(words) - len(vt) + 1):
+                if vt and words[i:i + len(vt)] == vt and not (v[:1].isupper() and raw[toks[i][1]].islower()):
+                    cands.append((i, i + len(vt), k, v))
+    taken, found = set(), {}
+    for i, j, k, v in sorted(cands, key=lambda c: (c[0] - c[1], c[0])):            # longest first
+        if set(range(i, j)) & taken and (i, j) not in found: continue
+        taken |= set(range(i, j))
+        f = found.setdefault((i, j), dict(slots=[], value=v, start=toks[i][1], end=toks[j - 1][2], kind="list"))
+        if k not in f["slots"]: f["slots"].append(k)
+    out = list(found.values())
+    for k, s in specs.items():
+        for pat in s["shapes"]:
+            for m in re.finditer(pat, low):
+                same = [f for f in out if (f["start"], f["end"]) == m.span() and f["kind"] == "shape"]
+                if same: same[0]["slots"] = list(dict.fromkeys(same[0]["slots"] + [k])); continue
+                if not any(f["start"] < m.end() and m.start() < f["end"] for f in out):
+                    out.append(dict(slots=[k], value=m[0], start=m.start(), end=m.end(), kind="shape"))
+    for t, a, b in toks:
+        if not t.isdigit() or any(f["start"] < b and a < f["end"] for f in out if f["kind"] != "number"): continue
+        pre, unit = low[:a].rstrip()[-1:], "%" if low[b:b + 1] == "%" else _unit(low[b:])
+        by_unit = [k for k, s in specs.items() if s["numeric"] and unit and any(
+            unit == u or unit.startswith(u + " ") or u.startswith(unit + " ") for u in s["units"])]
+        by_pre = [k for k, s in specs.items() if s["numeric"] and pre and pre in s["prefixes"]]
+        out.append(dict(slots=by_unit or by_pre, value=t, start=a, end=b, kind="number", prefix=pre, unit=unit,
+                        by="unit" if by_unit else "prefix" if by_pre else None))
+    return sorted(out, key=lambda f: f["start"])
+
+# %% ../nbs/05_evaluate.ipynb #1151e601
+def _facts(G, node):
+    "The text of the knowledge facts `node` uses."
+    kn = {k["id"]: k["text"] for k in G.graph.get("knowledge") or []}
+    return " ".join(kn[k] for k in G.nodes[node].get("knowledge") or [] if k in kn) if node else ""
+
+def _script(G, node):
+    "What `node` states literally: its say, examples and facts, placeholders removed."
+    if node is None: return ""
+    d = G.nodes[node]
+    return re.sub(r"\{\w+\}", " ", " ".join([d.get("say") or ""] + list(d.get("examples") or []) + [_facts(G, node)]))
+
+def _figures(text):
+    "The (number, unit) pairs of `text`: `$75 per traveller` -> ('75', 'per'), `6%` -> ('6', '%')."
+    low = text.lower()
+    return {(t, "%" if low[b:b + 1] == "%" else _unit(low[b:])) for t, a, b in value_tokens(text) if t.isdigit()}
+
+def _within(hay, needle):
+    "Is the list `needle` a run of consecutive items of the list `hay`?"
+    return bool(needle) and any(hay[i:i + len(needle)] == needle for i in range(len(hay) - len(needle) + 1))
+
+def _of_slot(s, v):
+    "Is `v` (a key) one of slot spec `s`'s values: on its list, or in its range?"
+    if s["values"]: return v in {_key(x) for x in s["values"]}
+    return v.isdigit() and s["lo"] is not None and s["lo"] <= int(v) <= s["hi"]
+
+# %% ../nbs/05_evaluate.ipynb #8fd6614c
+def _states(figures, v, unit, strict):
+    "Does a text with `figures` state the number `v`: with the same unit when `strict`, else at all?"
+    return (v, unit) in figures if strict else any(n == v for n, _ in figures)
+
+def _judge_value(f, node, G, specs, slots, known):
+    "(kind, slot) of one stated value `f` at `node`, given `known`: slot -> the values the conversation holds for it."
+    v, ks, script = _key(f["value"]), list(f["slots"]), _script(G, node)
+    right = lambda k: known[k] and (v in known[k] or v == _key(slots.get(k, "")))
+    if f["kind"] == "number":
+        strict = f["by"] == "unit"                # "3 travellers" is a traveller count even where a line says "3-star"
+        ks += [k for k, s in specs.items()
+               if s["numeric"] and k not in ks and ((s["values"] and _of_slot(s, v)) or right(k))]
+        facts = _figures(_facts(G, node))
+        every = set().union(*[_figures(k["text"]) for k in G.graph.get("knowledge") or []])
+        amount = (f["prefix"] in tuple("$€£¥₹") or f["unit"] == "%"
+                  or f["unit"] in {u for _, u in facts if u not in _STOP})
+        of = [k for k in ks if _of_slot(specs[k], v)]
+        if any(map(right, ks)): return "right", next(filter(right, ks))
+        if _states(facts, v, f["unit"], strict): return "right", "knowledge"
+        if _states(_figures(script), v, f["unit"], strict): return "script", None
+        if of: return next((("issued", k) for k in of if not known[k]), ("wrong", of[0]))
+        if _states(every, v, f["unit"], strict) and (amount or ks): return "wrong", "knowledge"
+        if ks: return next((("issued", k) for k in ks if not known[k]), ("invented", ks[0]))
+        return ("invented", "knowledge") if amount else (None, None)
+    if _within(_key(script).split(), v.split()): return "script", None
+    if any(map(right, ks)): return "right", next(filter(right, ks))
+    return next((("issued", k) for k in ks if not known[k]), ("wrong" if f["kind"] == "list" else "invented", ks[0]))
+
+# %% ../nbs/05_evaluate.ipynb #ec70d3ec
+def slot_fidelity(conversation, # dict with `messages`, or a list of messages
+                  G:nx.DiGraph, # the workflow
+                  scenario:dict, # with `slots` (a dict, or its JSON)
+                  specs:dict=None # `slot_specs(G)`, when already made
+                 ) -> dict:
+    "The assistant's stated slot values, judged: dict(stated, right, wrong, invented, issued, script, share, details)."
+    msgs = conversation["messages"] if isinstance(conversation, dict) else conversation
+    slots = (scenario or {}).get("slots") or {}
+    slots = json.loads(slots) if isinstance(slots, str) else slots
+    specs = specs or slot_specs(G)
+    given, issued, details, turn = {k: set() for k in specs}, {k: set() for k in specs}, [], 0
+    for m in msgs:
+        if m["role"] not in ("user", "assistant"): continue
+        found = find_values(m["content"], G, slots, specs)
+        if m["role"] == "user":
+            for f in found:
+                ks = f["slots"] + ([k for k, s in specs.items() if s["numeric"] and (
+                    _key(slots.get(k, "")) == f["value"] or (s["values"] and _of_slot(s, f["value"])))]
+                                   if f["kind"] == "number" else [])
+                for k in ks: given[k].add(_key(f["value"]))
+            continue
+        node = match_node(m["content"], G, slots)[0]
+        for f in found:
+            known = {k: given[k] or issued[k] for k in specs}
+            kind, slot = _judge_value(f, node, G, specs, slots, known)
+            if kind is None: continue
+            if kind == "issued": issued[slot].add(_key(f["value"]))
+            details.append(dict(turn=turn, node=node, slot=slot, value=f["value"], kind=kind,
+                                expected=sorted(known[slot]) if slot in known else None))
+        turn += 1
+    n = {k: sum(d["kind"] == k for d in details) for k in ("right", "wrong", "invented", "issued", "script")}
+    stated = n["right"] + n["wrong"] + n["invented"]
+    return dict(stated=stated, **n, share=n["right"] / stated if stated else None, details=details)
+
+# %% ../nbs/05_evaluate.ipynb #d9ae0016
+def task_success(adh:dict, # from `adherence`
+                 fid:dict # from `slot_fidelity`
+                ) -> dict:
+    "dict(success, right_end, in_order, details_kept): right end, every step in order, no wrong or invented value."
+    it = iter(adh["actual"])
+    in_order = all(any(a == e for a in it) for e in adh["expected"])     # expected is a subsequence of actual
+    kept = fid["wrong"] + fid["invented"] == 0
+    return dict(success=bool(adh["right_end"] and in_order and kept), right_end=bool(adh["right_end"]),
+                in_order=in_order, details_kept=kept)
 
 # %% ../nbs/05_evaluate.ipynb #8065cfd3
 def conversation_cost(turns:list, # per-turn records with prompt_tokens, completion_tokens, latency
@@ -205,30 +404,42 @@ def holm(pvalues) -> list:
     return out.tolist()
 
 # %% ../nbs/05_evaluate.ipynb #435257f6
+def _mean_ci(x) -> dict:
+    "dict(mean, ci) of the values of `x` that are not None (nan when there are none)."
+    x = [float(v) for v in x if v is not None]
+    return dict(mean=float(np.mean(x)) if x else math.nan, ci=bootstrap_ci(x))
+
 def _summary(convs, judged):
     s = dict(n=len(convs))
     if judged:
-        for k in CRITERIA:
-            x = [c["judgement"]["scores"][k] for c in convs]
-            s[k] = dict(mean=float(np.mean(x)), ci=bootstrap_ci(x))
+        for k in CRITERIA: s[k] = _mean_ci([c["judgement"]["scores"][k] for c in convs])
         s["failure_rate"] = float(np.mean([c["judgement"]["failure"] for c in convs]))
-    for k in ("accuracy", "right_end"):
-        x = [float(c["adherence"][k]) for c in convs]
-        s[f"adherence_{k}"] = dict(mean=float(np.mean(x)), ci=bootstrap_ci(x))
+    for k in ("accuracy", "right_end"): s[f"adherence_{k}"] = _mean_ci([c["adherence"][k] for c in convs])
+    s["slot_fidelity"] = _mean_ci([c["slot_fidelity"]["share"] for c in convs])   # conversations that state a value
+    s["task_success_rate"] = _mean_ci([c["task_success"]["success"] for c in convs])   # not the judge's task_success
+    tot = {k: sum(c["slot_fidelity"][k] for c in convs) for k in ("stated", "right", "wrong", "invented", "issued")}
+    s["slot_values"] = dict(tot, share=tot["right"] / tot["stated"] if tot["stated"] else math.nan)
     for k in ("usd", "latency", "latency_per_turn", "prompt_tokens_per_turn", "prompt_tokens", "completion_tokens"):
         s[k] = float(np.mean([c["cost"][k] for c in convs]))
     return s
 
+def _value(c, k):
+    "Conversation `c`'s figure for metric `k` (None when it has none)."
+    if k == "adherence_accuracy": return c["adherence"]["accuracy"]
+    if k == "slot_fidelity": return c["slot_fidelity"]["share"]
+    if k == "task_success_rate": return float(c["task_success"]["success"])
+    return c["judgement"]["scores"][k]
+
 def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled": ..., "in-context": ...}
                     G:nx.DiGraph, scenarios:list, # the same scenarios for every agent
-                    judge_teacher=None, # None: no judge scores (adherence, cost and latency only)
+                    judge_teacher=None, # None: no judge scores (the judge-free measures, cost and latency only)
                     user=None, # None: the scripted user; else a teacher playing the user
                     prices=None, # name -> (prompt, completion) $ per million tokens, or one pair for all
                     reference:str=None, # the condition the others are compared with (default "compiled" or the first)
                     progress:bool=True) -> dict:
     "Run, judge and measure every agent on `scenarios`; dict(conversations, summary, comparisons, reference)."
     from tqdm.auto import tqdm
-    judged = judge_teacher is not None
+    judged, specs = judge_teacher is not None, slot_specs(G)
     convs = {n: [] for n in agents}
     bar = tqdm(total=len(agents) * len(scenarios), desc="evaluate", disable=not progress)
     for n, ag in agents.items():
@@ -236,6 +447,8 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
         for sc in scenarios:
             c = simulate(ag, G, sc, user=user)
             c["adherence"] = adherence(c, G, sc["path"], sc.get("slots"))
+            c["slot_fidelity"] = slot_fidelity(c, G, sc, specs)
+            c["task_success"] = task_success(c["adherence"], c["slot_fidelity"])
             c["cost"] = conversation_cost(c["turns"], pr)
             if judged: c["judgement"] = judge(c, G, judge_teacher, sc)
             convs[n].append(c); bar.update(1)
@@ -244,14 +457,16 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
     if ref not in agents: raise ValueError(f"evaluate_agents: reference {ref!r} is not one of the agents {list(agents)}")
     summary = {n: _summary(cs, judged) for n, cs in convs.items()}
     comps, ps = [], []
-    metrics = (CRITERIA if judged else []) + ["adherence_accuracy"]
-    val = lambda c, k: c["adherence"]["accuracy"] if k == "adherence_accuracy" else c["judgement"]["scores"][k]
     for n in agents:
         if n == ref: continue
-        for k in metrics:
-            a, b = [val(c, k) for c in convs[n]], [val(c, k) for c in convs[ref]]
-            comps.append(dict(condition=n, reference=ref, metric=k, diff=float(np.mean(a) - np.mean(b)), cohens_d=cohens_d(a, b),
-                              wilcoxon_p=wilcoxon_p(a, b), mann_whitney_p=mann_whitney_p(a, b))); ps.append(comps[-1]["wilcoxon_p"])
+        for k in (CRITERIA if judged else []) + ["adherence_accuracy", "slot_fidelity", "task_success_rate"]:
+            pairs = [p for p in ((_value(x, k), _value(y, k)) for x, y in zip(convs[n], convs[ref])) if None not in p]
+            a, b = [p[0] for p in pairs], [p[1] for p in pairs]            # paired: both conversations have the figure
+            comps.append(dict(condition=n, reference=ref, metric=k, pairs=len(pairs),
+                              diff=float(np.mean(a) - np.mean(b)) if a else math.nan,
+                              cohens_d=cohens_d(a, b) if a else math.nan, wilcoxon_p=wilcoxon_p(a, b),
+                              mann_whitney_p=mann_whitney_p(a, b)))
+            ps.append(comps[-1]["wilcoxon_p"])
     for c, p in zip(comps, holm(ps) if ps else []): c["wilcoxon_p_holm"] = p
     ratios = {n: dict(cost=(summary[n]["usd"] / summary[ref]["usd"]) if summary[ref]["usd"] else math.nan,
                       latency=summary[n]["latency"] / summary[ref]["latency"] if summary[ref]["latency"] else math.nan,
@@ -263,14 +478,18 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
 # %% ../nbs/05_evaluate.ipynb #02566b3a
 def _f(m, k=None):
     v = m if k is None else m.get(k)
-    if isinstance(v, dict): return f"{v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]"
+    if isinstance(v, dict) and "mean" in v:
+        return "-" if v["mean"] != v["mean"] else f"{v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]"
+    if isinstance(v, dict): return f"{v['right']} / {v['wrong']} / {v['invented']} ({v['issued']})"
     return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
 def report_markdown(results:dict) -> str:
     "The results as a Markdown table per condition, then the comparisons."
     S, names = results["summary"], list(results["summary"])
     rows = ([(RUBRIC[k][0], k) for k in CRITERIA] + [("Failure rate", "failure_rate")] if results["judged"] else []) + [
-        ("Adherence (per turn)", "adherence_accuracy"), ("Right end reached", "adherence_right_end"), ("Cost per conversation ($)", "usd"),
+        ("Adherence (per turn)", "adherence_accuracy"), ("Right end reached", "adherence_right_end"),
+        ("Slot fidelity (details right)", "slot_fidelity"), ("Task success (judge-free)", "task_success_rate"),
+        ("Slot values right / wrong / invented (issued)", "slot_values"), ("Cost per conversation ($)", "usd"),
         ("Latency per conversation (s)", "latency"), ("Prompt tokens per turn", "prompt_tokens_per_turn")]
     out = [f"# Evaluation: {results.get('workflow')} ({S[names[0]]['n']} scenarios per condition)", "",
            "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
@@ -285,10 +504,24 @@ def report_markdown(results:dict) -> str:
                 for c in results["comparisons"]]
     return "\n".join(out) + "\n"
 
+MEASURES = {"adherence_accuracy": "adherence per turn", "adherence_right_end": "right end",
+            "slot_fidelity": "slot fidelity", "task_success_rate": "task success"}
+
 def _bars(ax, names, means, cis=None, title="", color="#4c72b0"):
     x = np.arange(len(names))
     err = None if cis is None else np.array([[m - lo for m, (lo, hi) in zip(means, cis)], [hi - m for m, (lo, hi) in zip(means, cis)]])
     ax.bar(x, means, yerr=err, capsize=4, color=color); ax.set_xticks(x, names); ax.set_title(title)
+
+def _measures_plot(S, names, path):
+    "Grouped bars of the judge-free measures (95% CI) per condition."
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 3), dpi=80); w = 0.8 / len(names); x = np.arange(len(MEASURES))
+    for i, n in enumerate(names):
+        m = np.nan_to_num([S[n][k]["mean"] for k in MEASURES]); ci = np.nan_to_num([S[n][k]["ci"] for k in MEASURES])
+        ax.bar(x + i * w, m, w, yerr=np.abs(np.array([m - ci[:, 0], ci[:, 1] - m])), capsize=3, label=n)
+    ax.set_xticks(x + w * (len(names) - 1) / 2, list(MEASURES.values()), fontsize=8); ax.set_ylim(0, 1.05)
+    ax.set_title("judge-free measures (95% CI)", fontsize=9); ax.legend(fontsize=7)
+    fig.tight_layout(); fig.savefig(path); plt.close(fig)
 
 def report(results:dict, out_dir) -> dict:
     "Write report.json, report.md and the plots (criteria.png, adherence.png, cost.png) in `out_dir`; return the report dict."
@@ -302,9 +535,7 @@ def report(results:dict, out_dir) -> dict:
             ax.bar(x + i * w, m, w, yerr=np.array([[a - lo for a, (lo, hi) in zip(m, ci)], [hi - a for a, (lo, hi) in zip(m, ci)]]), capsize=3, label=n)
         ax.set_xticks(x + w * (len(names) - 1) / 2, [RUBRIC[k][0] for k in CRITERIA], fontsize=8); ax.set_ylim(0, 5.5); ax.set_ylabel("score (95% CI)"); ax.legend(fontsize=8)
         fig.tight_layout(); fig.savefig(out / "criteria.png"); plt.close(fig); files["criteria"] = str(out / "criteria.png")
-    fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
-    _bars(ax, names, [S[n]["adherence_accuracy"]["mean"] for n in names], [S[n]["adherence_accuracy"]["ci"] for n in names], "path adherence per turn (95% CI)")
-    ax.set_ylim(0, 1.05); fig.tight_layout(); fig.savefig(out / "adherence.png"); plt.close(fig); files["adherence"] = str(out / "adherence.png")
+    _measures_plot(S, names, out / "adherence.png"); files["adherence"] = str(out / "adherence.png")
     fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
     _bars(ax, names, [S[n]["usd"] for n in names], title="cost per conversation ($)", color="#dd8452")
     if all(S[n]["usd"] > 0 for n in names): ax.set_yscale("log")
@@ -312,6 +543,7 @@ def report(results:dict, out_dir) -> dict:
     md = report_markdown(results); (out / "report.md").write_text(md); files["markdown"] = str(out / "report.md")
     rep = {k: v for k, v in results.items() if k != "conversations"}
     rep["conversations"] = {n: [dict(scenario=c["scenario"].get("id"), messages=c["messages"], turns=c["turns"], adherence=c["adherence"],
+                                     slot_fidelity=c.get("slot_fidelity"), task_success=c.get("task_success"),
                                      cost=c["cost"], judgement=c.get("judgement")) for c in cs] for n, cs in results["conversations"].items()}
     (out / "report.json").write_text(json.dumps(rep, indent=1, default=str)); files["json"] = str(out / "report.json")
     return dict(rep, markdown=md, files=files)

@@ -392,13 +392,17 @@ def _tidy(md:str) -> str:
     return "\n".join(l for l in md.splitlines()
                      if not (l.startswith("Ratios to") and l.endswith(": "))).replace("\n\n\n", "\n\n").rstrip() + "\n"
 
+def _pct(m:dict) -> str:
+    "A mean and its bootstrap 95% interval as percentages: `40% [31-52%]`; `-` when nothing was measured."
+    if m["mean"] != m["mean"]: return "-"
+    return f"{m['mean']:.0%} [{m['ci'][0] * 100:.0f}-{m['ci'][1]:.0%}]"
+
 def eval_line(rep:dict) -> str:
     "The one-line summary of an evaluation: adherence, right end, the customer's details, task success (and the judge)."
     s = rep["summary"]["compiled"]
-    parts = [f"adherence {s['adherence_accuracy']['mean']:.0%} per turn",
-             f"right end {s['adherence_right_end']['mean']:.0%}"]
-    if "slot_fidelity" in s: parts.append(f"details right {s['slot_fidelity']['mean']:.0%}")
-    if "task_success" in s: parts.append(f"task success {s['task_success']['mean']:.0%}")
+    parts = [f"adherence {_pct(s['adherence_accuracy'])} per turn", f"right end {_pct(s['adherence_right_end'])}"]
+    if "slot_fidelity" in s: parts.append(f"details right {_pct(s['slot_fidelity'])}")
+    if "task_success_rate" in s: parts.append(f"task success {_pct(s['task_success_rate'])}")
     if "failure_rate" in s: parts.append(f"judge failure rate {s['failure_rate']:.0%}")
     return ", ".join(parts) + f" on {s['n']} held-out scenarios"
 

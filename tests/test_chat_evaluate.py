@@ -230,7 +230,10 @@ def test_evaluate_agents_and_report(G, scenario, tmp_path):
         agents = {n: Agent(G=G, mode=n, base_url=srv.url, endpoint_model="m", name=n) for n in ("base", "compiled", "in-context")}
         res = evaluate_agents(agents, G, scen, judge_teacher=OpenAITeacher("judge", base_url=jsrv.url, max_retries=0),
                               prices={"base": (0.1, 0.1), "compiled": (0.1, 0.1), "in-context": (3, 15)}, progress=False)
-    assert res["reference"] == "compiled" and len(res["comparisons"]) == 2 * (len(CRITERIA) + 1)
+    assert res["reference"] == "compiled" and len(res["comparisons"]) == 2 * (len(CRITERIA) + 3)
+    cs = res["conversations"]["compiled"]
+    assert not any(c["task_success"]["success"] or c["task_success"]["right_end"] for c in cs)  # "reply N": no end
+    assert res["summary"]["compiled"]["slot_values"]["stated"] == sum(c["slot_fidelity"]["stated"] for c in cs)
     s = res["summary"]["in-context"]
     for k in CRITERIA:
         x = [c["judgement"]["scores"][k] for c in res["conversations"]["in-context"]]
@@ -243,6 +246,8 @@ def test_evaluate_agents_and_report(G, scenario, tmp_path):
     for f in ("criteria.png", "adherence.png", "cost.png", "report.md", "report.json"):
         assert (tmp_path / "run" / f).stat().st_size > 0
     assert "| Task Success |" in rep["markdown"] and "Holm p" in rep["markdown"]
+    assert "| Slot fidelity (details right) |" in rep["markdown"]
+    assert "| Task success (judge-free) | 0.00 [0.00, 0.00] |" in rep["markdown"]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["summary"]["compiled"]["n"] == 4
 
 # ---- a real OpenAI-compatible server: `transformers serve` ------------------------------------------------------

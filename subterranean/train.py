@@ -13,7 +13,7 @@ __all__ = ['CONFIG_FILE', 'PRESETS', 'CHATML', 'SPECIALS', 'SHIPPED', 'LINEAR', 
            'load_unsloth', 'checkpoint_step', 'mark_checkpoint', 'checkpoint_complete', 'last_checkpoint',
            'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing', 'peak_rss_mb', 'train', 'draw_loss',
            'place_gguf', 'fingerprint', 'resume_point', 'start_model', 'compile_model', 'base_16bit', 'load_compiled',
-           'generate_replies', 'node_adherence']
+           'generate_replies', 'node_adherence', 'demo_models']
 
 # %% ../nbs/03_train.ipynb #813eb6b9
 import json, os, time, math, resource, warnings, dataclasses
@@ -854,3 +854,20 @@ def node_adherence(model, tok, ds, G:nx.DiGraph, max_new_tokens:int=64, batch_si
     ok = sum(g == w for g, w in zip(got, want))
     misses = [dict(want=w, got=g, reply=r) for w, g, r in zip(want, got, replies) if g != w]
     return dict(adherence=round(ok/len(want), 4), turns=len(want), correct=ok, misses=misses[:10])
+
+# %% ../nbs/03_train.ipynb #af5d7084
+def demo_models(G:nx.DiGraph, # the workflow to compile
+                n:int=24, # template conversations to train on
+                seed:int=0, # seed of the conversations and of the training
+                out=None # the directory to compile into (default: a new temporary one)
+               ) -> dict:
+    "A tiny model compiled from `n` template conversations of `G`, and its untrained twin, for demos and tests."
+    import tempfile
+    from subterranean.generate import generate_conversations, TemplateTeacher
+    ds = generate_conversations(G, n, TemplateTeacher(seed=seed), seed=seed, progress=False)
+    out = str(out or Path(tempfile.mkdtemp(prefix="subterranean_demo_"))/"compiled")
+    cfg = CompileConfig(backend="tiny", output_dir=out, epochs=6, learning_rate=5e-3, batch_size=8, max_seq_length=1024,
+                        eval_steps=1000, tiny_layers=2, tiny_hidden=64, tiny_vocab=512, seed=seed)
+    res = compile_model(ds, cfg, G=G)
+    base_model, base_tok = build_tiny_model(ds, layers=2, hidden=64, vocab_size=512, max_len=8192, seed=seed)
+    return dict(model_dir=out, base_model=base_model, base_tok=base_tok, result=res, data=ds)

@@ -13,6 +13,7 @@ import networkx as nx
 from .workflow import turn_nodes
 from .generate import turn_plan, match_node, run_sync, TemplateTeacher, _prices
 from .chat import Agent, scripted_user
+from .paths import scenario_slots
 
 # %% auto #0
 __all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', 'adherence', 'value_tokens', 'slot_specs',
@@ -22,7 +23,8 @@ __all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', '
 
 # %% ../nbs/05_evaluate.ipynb #7bf5681a
 _ENDINGS = {"success": "You want to get it done and you go along when the agent's suggestions fit your details.",
-            "abandonment": "Partway through you lose interest or find it does not suit you, and you say you will leave it.",
+            "abandonment": "Partway through you lose interest or find it does not suit you, "
+                           "and you say you will leave it.",
             "escalation": "You ask for a human, or your problem needs more than this agent can do."}
 
 def user_system(G:nx.DiGraph, scenario:dict) -> str:
@@ -30,11 +32,13 @@ def user_system(G:nx.DiGraph, scenario:dict) -> str:
     slots = ", ".join(f"{k}: {v}" for k, v in (scenario.get("slots") or {}).items())
     end = G.nodes[scenario["path"][-1]].get("outcome", "success")
     return "\n\n".join([f"You are a customer talking to an assistant. The service: {G.graph.get('description', '')}",
-                         f"Your personality: {scenario.get('persona') or 'neutral'}.", f"Your details: {slots}.", _ENDINGS.get(end, _ENDINGS["success"]),
-                         "Write only your next message, one to three sentences, with no name label. Give your details when asked."])
+                         f"Your personality: {scenario.get('persona') or 'neutral'}.", f"Your details: {slots}.",
+                         _ENDINGS.get(end, _ENDINGS["success"]),
+                         "Write only your next message, one to three sentences, with no name label. "
+                         "Give your details when asked."])
 
 def ask(teacher, messages:list) -> dict:
-    "`await teacher.chat(messages)` from synchronous code, closing the teacher's HTTP client (if any) in the same event loop."
+    "`await teacher.chat(messages)` from synchronous code, closing the teacher's HTTP client (if any) in the same loop."
     async def go():
         try: return await teacher.chat(messages)
         finally:
@@ -42,7 +46,8 @@ def ask(teacher, messages:list) -> dict:
     return run_sync(go())
 
 def _flip(history):
-    return [{"role": {"user": "assistant", "assistant": "user"}[m["role"]], "content": m["content"]} for m in history if m["role"] != "system"]
+    return [{"role": {"user": "assistant", "assistant": "user"}[m["role"]], "content": m["content"]}
+            for m in history if m["role"] != "system"]
 
 def simulate(agent:Agent, # the agent under test
              G:nx.DiGraph, # the workflow
@@ -59,24 +64,31 @@ def simulate(agent:Agent, # the agent under test
             if j >= len(script): break
             line = script[j]
         else:
-            first = [{"role": "user", "content": "(The assistant is waiting for you to start the conversation.)"}] if not hist else []
-            line = ask(user, [{"role": "system", "content": user_system(G, scenario)}] + _flip(hist) + first)["text"].strip()
+            first = [] if hist else [{"role": "user",
+                                      "content": "(The assistant is waiting for you to start the conversation.)"}]
+            sys_msg = {"role": "system", "content": user_system(G, scenario)}
+            line = ask(user, [sys_msg] + _flip(hist) + first)["text"].strip()
         hist.append({"role": "user", "content": line})
         r = agent.reply(hist); turns.append(r)
         hist.append({"role": "assistant", "content": r["text"]})
-    return dict(messages=[{"role": "system", "content": agent.system}] + hist, turns=turns, scenario=scenario, agent=agent.name)
+    return dict(messages=[{"role": "system", "content": agent.system}] + hist, turns=turns, scenario=scenario,
+                agent=agent.name)
 
 # %% ../nbs/05_evaluate.ipynb #6306ffdd
 def adherence(conversation, # dict with `messages`, or a list of messages
-              G:nx.DiGraph, path:list, slots:dict=None) -> dict:
-    "Compare the nodes the assistant turns realise with the path's: dict(accuracy, first_divergence, right_end, expected, actual)."
+              G:nx.DiGraph, # the workflow
+              path:list, # the scenario's path of nodes
+              slots:dict=None # the scenario's slot values (help to recognise the nodes' lines)
+             ) -> dict:
+    "Compare the nodes the assistant turns realise with the path's: dict(accuracy, first_divergence, right_end, ...)."
     msgs = conversation["messages"] if isinstance(conversation, dict) else conversation
     expected = turn_nodes(G, path)
     actual = [match_node(m["content"], G, slots)[0] for m in msgs if m["role"] == "assistant"]
     hits = [a == e for a, e in zip(actual, expected)] + [False] * abs(len(expected) - len(actual))
     first = next((k for k, h in enumerate(hits) if not h), None)
     return dict(accuracy=sum(hits) / max(len(hits), 1), first_divergence=first,
-                right_end=bool(actual) and bool(expected) and actual[-1] == expected[-1], expected=expected, actual=actual)
+                right_end=bool(actual) and bool(expected) and actual[-1] == expected[-1],
+                expected=expected, actual=actual)
 
 # %% ../nbs/05_evaluate.ipynb #5fed113e
 _TOKEN = re.compile(r"\d{1,3}(?:,\d{3})+(?!\d)|[^\W_]+")
@@ -238,8 +250,7 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
                  ) -> dict:
     "The assistant's stated slot values, judged: dict(stated, right, wrong, invented, issued, script, share, details)."
     msgs = conversation["messages"] if isinstance(conversation, dict) else conversation
-    slots = (scenario or {}).get("slots") or {}
-    slots = json.loads(slots) if isinstance(slots, str) else slots
+    slots = scenario_slots(scenario or {})
     specs = specs or slot_specs(G)
     given, issued, details, turn = {k: set() for k in specs}, {k: set() for k in specs}, [], 0
     for m in msgs:
@@ -283,42 +294,54 @@ def conversation_cost(turns:list, # per-turn records with prompt_tokens, complet
     "Tokens, dollars and latency of one conversation."
     p, c = _prices(prices)
     pt, ct = sum(t["prompt_tokens"] for t in turns), sum(t["completion_tokens"] for t in turns)
-    return dict(prompt_tokens=pt, completion_tokens=ct, usd=(pt * p + ct * c) / 1e6, latency=sum(t["latency"] for t in turns),
-                latency_per_turn=sum(t["latency"] for t in turns) / max(len(turns), 1), prompt_tokens_per_turn=pt / max(len(turns), 1))
+    lat, k = sum(t["latency"] for t in turns), max(len(turns), 1)
+    return dict(prompt_tokens=pt, completion_tokens=ct, usd=(pt * p + ct * c) / 1e6, latency=lat,
+                latency_per_turn=lat / k, prompt_tokens_per_turn=pt / k)
 
 # %% ../nbs/05_evaluate.ipynb #22185053
 RUBRIC = {
  "task_success": ("Task Success", "Was the procedure carried to the right terminal state for this user?",
-    {1: "wrong or no outcome; the procedure broke down", 3: "reached an end but skipped required steps or ended at the wrong kind of end",
+    {1: "wrong or no outcome; the procedure broke down",
+     3: "reached an end but skipped required steps or ended at the wrong kind of end",
      5: "every required step done, in order, ending in the right terminal state"}),
  "information_accuracy": ("Information Accuracy", "Were the user's details used and kept correctly?",
-    {1: "details invented, lost or contradicted", 3: "mostly right with a slip or an omission", 5: "every detail used exactly as the user gave it"}),
+    {1: "details invented, lost or contradicted", 3: "mostly right with a slip or an omission",
+     5: "every detail used exactly as the user gave it"}),
  "consistency": ("Consistency", "Does the agent avoid contradicting itself and repeating questions?",
-    {1: "contradictions or the same question asked again and again", 3: "one repetition or a minor inconsistency", 5: "coherent throughout"}),
+    {1: "contradictions or the same question asked again and again", 3: "one repetition or a minor inconsistency",
+     5: "coherent throughout"}),
  "graceful_handling": ("Graceful Handling", "How does it handle changes of mind, ambiguity and edge cases?",
-    {1: "confused or derailed by a challenge", 3: "adequate, or the user posed no challenge (then 3 at most)", 5: "challenges handled smoothly and helpfully"}),
+    {1: "confused or derailed by a challenge", 3: "adequate, or the user posed no challenge (then 3 at most)",
+     5: "challenges handled smoothly and helpfully"}),
  "naturalness": ("Naturalness", "Does it read like a skilled human agent?",
-    {1: "robotic, garbled or off-topic", 3: "understandable but stiff or templated", 5: "fluent, warm and to the point"}),
+    {1: "robotic, garbled or off-topic", 3: "understandable but stiff or templated",
+     5: "fluent, warm and to the point"}),
 }
 CRITERIA = list(RUBRIC)
 
 class JudgeError(Exception):
     "The judge gave no valid judgement after its retries."
 
-def judge_prompt(conversation, G:nx.DiGraph, scenario:dict=None) -> list:
+def judge_prompt(conversation, # dict with `messages` (and `scenario`), or a list of messages
+                 G:nx.DiGraph, # the workflow
+                 scenario:dict=None # default: conversation["scenario"]
+                ) -> list:
     "The judge's chat messages: rubric with anchors, procedure, scenario and transcript; JSON requested."
     from subterranean.workflow import workflow_prompt
     msgs = conversation["messages"] if isinstance(conversation, dict) else conversation
     scenario = scenario or (conversation.get("scenario") if isinstance(conversation, dict) else None) or {}
-    rub = "\n".join(f"- {k} ({name}): {q} " + "; ".join(f"{s} = {a}" for s, a in anchors.items()) for k, (name, q, anchors) in RUBRIC.items())
+    rub = "\n".join(f"- {k} ({name}): {q} " + "; ".join(f"{s} = {a}" for s, a in anchors.items())
+                    for k, (name, q, anchors) in RUBRIC.items())
     want = ", ".join(f'"{k}": {{"score": 1-5, "reason": "..."}}' for k in CRITERIA)
-    sys = ("You are a strict evaluator of customer-service conversations. Score the ASSISTANT on each criterion with an "
-           f"integer from 1 to 5, using these anchors:\n{rub}\nGraceful Handling is at most 3 when the user posed no challenge.\n\n"
+    sys = ("You are a strict evaluator of customer-service conversations. Score the ASSISTANT on each criterion "
+           f"with an integer from 1 to 5, using these anchors:\n{rub}\n"
+           "Graceful Handling is at most 3 when the user posed no challenge.\n\n"
            f"Answer with one JSON object and nothing else: {{{want}}}. Each reason is one short sentence.")
     transcript = "\n".join(f"{m['role'].upper()}: {m['content']}" for m in msgs if m["role"] != "system")
     sc = {k: scenario.get(k) for k in ("persona", "slots") if k in scenario}
     end = G.nodes[scenario["path"][-1]].get("outcome") if scenario.get("path") else None
-    user = (f"The procedure the assistant should follow:\n{workflow_prompt(G)}\n\nThe user's scenario: {json.dumps(sc, default=str)}"
+    user = (f"The procedure the assistant should follow:\n{workflow_prompt(G)}\n\n"
+            f"The user's scenario: {json.dumps(sc, default=str)}"
             + (f" (the right end state is a {end})" if end else "") + f"\n\nThe conversation:\n{transcript}")
     return [{"role": "system", "content": sys}, {"role": "user", "content": user}]
 
@@ -351,7 +374,7 @@ def judge(conversation, # dict from `simulate` (or a list of messages)
           scenario:dict=None, # default: conversation["scenario"]
           tries:int=3 # attempts before giving up
          ) -> dict:
-    "Score `conversation` on the five criteria: dict(scores, reasons, failure, tries, prompt_tokens, completion_tokens)."
+    "Score `conversation` on five criteria: dict(scores, reasons, failure, tries, prompt_tokens, completion_tokens)."
     msgs, problems, pt, ct = judge_prompt(conversation, G, scenario), [], 0, 0
     for k in range(tries):
         r = ask(judge_teacher, msgs)
@@ -359,14 +382,20 @@ def judge(conversation, # dict from `simulate` (or a list of messages)
         try: out = parse_judgement(r["text"])
         except ValueError as e:
             problems.append(str(e))
-            msgs = msgs[:2] + [{"role": "assistant", "content": r["text"]},
-                               {"role": "user", "content": f"That answer is invalid: {e}. Reply with the JSON object only, every score an integer 1-5."}]
+            again = f"That answer is invalid: {e}. Reply with the JSON object only, every score an integer 1-5."
+            msgs = msgs[:2] + [{"role": "assistant", "content": r["text"]}, {"role": "user", "content": again}]
             continue
-        return dict(out, failure=out["scores"]["task_success"] <= 3, tries=k + 1, prompt_tokens=pt, completion_tokens=ct)
-    raise JudgeError(f"judge gave no valid judgement in {tries} tries: " + "; ".join(f"try {i + 1}: {p}" for i, p in enumerate(problems)))
+        return dict(out, failure=out["scores"]["task_success"] <= 3, tries=k + 1, prompt_tokens=pt,
+                    completion_tokens=ct)
+    raise JudgeError(f"judge gave no valid judgement in {tries} tries: "
+                     + "; ".join(f"try {i + 1}: {p}" for i, p in enumerate(problems)))
 
 # %% ../nbs/05_evaluate.ipynb #17e3ce03
-def bootstrap_ci(x, n:int=2000, alpha:float=0.05, seed:int=0) -> tuple:
+def bootstrap_ci(x, # the values
+                 n:int=2000, # resamples
+                 alpha:float=0.05, # 1 - the interval's coverage
+                 seed:int=0 # the resampling seed
+                ) -> tuple:
     "Percentile bootstrap (1-alpha) interval of the mean of `x`."
     x = np.asarray(x, float)
     if len(x) == 0: return (math.nan, math.nan)
@@ -431,12 +460,14 @@ def _value(c, k):
     return c["judgement"]["scores"][k]
 
 def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled": ..., "in-context": ...}
-                    G:nx.DiGraph, scenarios:list, # the same scenarios for every agent
+                    G:nx.DiGraph, # the workflow
+                    scenarios:list, # the same scenarios for every agent
                     judge_teacher=None, # None: no judge scores (the judge-free measures, cost and latency only)
                     user=None, # None: the scripted user; else a teacher playing the user
                     prices=None, # name -> (prompt, completion) $ per million tokens, or one pair for all
                     reference:str=None, # the condition the others are compared with (default "compiled" or the first)
-                    progress:bool=True) -> dict:
+                    progress:bool=True # show a progress bar
+                   ) -> dict:
     "Run, judge and measure every agent on `scenarios`; dict(conversations, summary, comparisons, reference)."
     from tqdm.auto import tqdm
     judged, specs = judge_teacher is not None, slot_specs(G)
@@ -454,7 +485,8 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
             convs[n].append(c); bar.update(1)
     bar.close()
     ref = reference or ("compiled" if "compiled" in agents else next(iter(agents)))
-    if ref not in agents: raise ValueError(f"evaluate_agents: reference {ref!r} is not one of the agents {list(agents)}")
+    if ref not in agents:
+        raise ValueError(f"evaluate_agents: reference {ref!r} is not one of the agents {list(agents)}")
     summary = {n: _summary(cs, judged) for n, cs in convs.items()}
     comps, ps = [], []
     for n in agents:
@@ -470,7 +502,8 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
     for c, p in zip(comps, holm(ps) if ps else []): c["wilcoxon_p_holm"] = p
     ratios = {n: dict(cost=(summary[n]["usd"] / summary[ref]["usd"]) if summary[ref]["usd"] else math.nan,
                       latency=summary[n]["latency"] / summary[ref]["latency"] if summary[ref]["latency"] else math.nan,
-                      prompt_tokens_per_turn=summary[n]["prompt_tokens_per_turn"] / max(summary[ref]["prompt_tokens_per_turn"], 1e-9))
+                      prompt_tokens_per_turn=summary[n]["prompt_tokens_per_turn"]
+                                             / max(summary[ref]["prompt_tokens_per_turn"], 1e-9))
               for n in agents}
     return dict(conversations=convs, summary=summary, comparisons=comps, ratios=ratios, reference=ref, judged=judged,
                 workflow=G.graph.get("name"), scenarios=[s.get("id") for s in scenarios])
@@ -495,13 +528,15 @@ def report_markdown(results:dict) -> str:
            "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     out += [f"| {label} | " + " | ".join(_f(S[n], k) for n in names) + " |" for label, k in rows]
     ref = results["reference"]
-    ratios = [f"{n}: cost x{r['cost']:.3g}, latency x{r['latency']:.3g}, prompt tokens/turn x{r['prompt_tokens_per_turn']:.3g}"
+    ratios = [f"{n}: cost x{r['cost']:.3g}, latency x{r['latency']:.3g}, "
+              f"prompt tokens/turn x{r['prompt_tokens_per_turn']:.3g}"
               for n, r in results["ratios"].items() if n != ref]
     if ratios: out += ["", f"Ratios to **{ref}**: " + "; ".join(ratios)]
     if results["comparisons"]:
-        out += ["", "| condition | metric | diff vs " + ref + " | Cohen's d | Wilcoxon p | Holm p | Mann-Whitney p |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {c['condition']} | {c['metric']} | {c['diff']:+.2f} | {c['cohens_d']:.2f} | {c['wilcoxon_p']:.3g} | {c['wilcoxon_p_holm']:.3g} | {c['mann_whitney_p']:.3g} |"
-                for c in results["comparisons"]]
+        out += ["", "| condition | metric | diff vs " + ref + " | Cohen's d | Wilcoxon p | Holm p | Mann-Whitney p |",
+                "|---|---|---|---|---|---|---|"]
+        out += [f"| {c['condition']} | {c['metric']} | {c['diff']:+.2f} | {c['cohens_d']:.2f} | {c['wilcoxon_p']:.3g} "
+                f"| {c['wilcoxon_p_holm']:.3g} | {c['mann_whitney_p']:.3g} |" for c in results["comparisons"]]
     return "\n".join(out) + "\n"
 
 MEASURES = {"adherence_accuracy": "adherence per turn", "adherence_right_end": "right end",
@@ -509,7 +544,8 @@ MEASURES = {"adherence_accuracy": "adherence per turn", "adherence_right_end": "
 
 def _bars(ax, names, means, cis=None, title="", color="#4c72b0"):
     x = np.arange(len(names))
-    err = None if cis is None else np.array([[m - lo for m, (lo, hi) in zip(means, cis)], [hi - m for m, (lo, hi) in zip(means, cis)]])
+    err = None if cis is None else np.array([[m - lo for m, (lo, hi) in zip(means, cis)],
+                                             [hi - m for m, (lo, hi) in zip(means, cis)]])
     ax.bar(x, means, yerr=err, capsize=4, color=color); ax.set_xticks(x, names); ax.set_title(title)
 
 def _measures_plot(S, names, path):
@@ -524,7 +560,7 @@ def _measures_plot(S, names, path):
     fig.tight_layout(); fig.savefig(path); plt.close(fig)
 
 def report(results:dict, out_dir) -> dict:
-    "Write report.json, report.md and the plots (criteria.png, adherence.png, cost.png) in `out_dir`; return the report dict."
+    "Write report.json, report.md and the plots (criteria.png, adherence.png, cost.png) in `out_dir`; the report dict."
     import matplotlib; import matplotlib.pyplot as plt
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     S, names, files = results["summary"], list(results["summary"]), {}
@@ -532,9 +568,12 @@ def report(results:dict, out_dir) -> dict:
         fig, ax = plt.subplots(figsize=(8, 3.2), dpi=80); w = 0.8 / len(names); x = np.arange(len(CRITERIA))
         for i, n in enumerate(names):
             m = [S[n][k]["mean"] for k in CRITERIA]; ci = [S[n][k]["ci"] for k in CRITERIA]
-            ax.bar(x + i * w, m, w, yerr=np.array([[a - lo for a, (lo, hi) in zip(m, ci)], [hi - a for a, (lo, hi) in zip(m, ci)]]), capsize=3, label=n)
-        ax.set_xticks(x + w * (len(names) - 1) / 2, [RUBRIC[k][0] for k in CRITERIA], fontsize=8); ax.set_ylim(0, 5.5); ax.set_ylabel("score (95% CI)"); ax.legend(fontsize=8)
-        fig.tight_layout(); fig.savefig(out / "criteria.png"); plt.close(fig); files["criteria"] = str(out / "criteria.png")
+            err = np.array([[a - lo for a, (lo, hi) in zip(m, ci)], [hi - a for a, (lo, hi) in zip(m, ci)]])
+            ax.bar(x + i * w, m, w, yerr=err, capsize=3, label=n)
+        ax.set_xticks(x + w * (len(names) - 1) / 2, [RUBRIC[k][0] for k in CRITERIA], fontsize=8)
+        ax.set_ylim(0, 5.5); ax.set_ylabel("score (95% CI)"); ax.legend(fontsize=8)
+        fig.tight_layout(); fig.savefig(out / "criteria.png"); plt.close(fig)
+        files["criteria"] = str(out / "criteria.png")
     _measures_plot(S, names, out / "adherence.png"); files["adherence"] = str(out / "adherence.png")
     fig, ax = plt.subplots(figsize=(4, 3), dpi=80)
     _bars(ax, names, [S[n]["usd"] for n in names], title="cost per conversation ($)", color="#dd8452")
@@ -542,8 +581,10 @@ def report(results:dict, out_dir) -> dict:
     fig.tight_layout(); fig.savefig(out / "cost.png"); plt.close(fig); files["cost"] = str(out / "cost.png")
     md = report_markdown(results); (out / "report.md").write_text(md); files["markdown"] = str(out / "report.md")
     rep = {k: v for k, v in results.items() if k != "conversations"}
-    rep["conversations"] = {n: [dict(scenario=c["scenario"].get("id"), messages=c["messages"], turns=c["turns"], adherence=c["adherence"],
-                                     slot_fidelity=c.get("slot_fidelity"), task_success=c.get("task_success"),
-                                     cost=c["cost"], judgement=c.get("judgement")) for c in cs] for n, cs in results["conversations"].items()}
+    rep["conversations"] = {n: [dict(scenario=c["scenario"].get("id"), messages=c["messages"], turns=c["turns"],
+                                     adherence=c["adherence"], slot_fidelity=c.get("slot_fidelity"),
+                                     task_success=c.get("task_success"), cost=c["cost"], judgement=c.get("judgement"))
+                                for c in cs]
+                            for n, cs in results["conversations"].items()}
     (out / "report.json").write_text(json.dumps(rep, indent=1, default=str)); files["json"] = str(out / "report.json")
     return dict(rep, markdown=md, files=files)

@@ -37,25 +37,34 @@ class CompileConfig:
         "help": "HF model id or local dir to start from (hf and unsloth backends; the tiny backend builds its own)"})
     backend: str = field(default="auto", metadata={"choices": ("auto", "unsloth", "hf", "tiny"),
         "help": "auto: unsloth on a CUDA GPU, tiny on a CPU; hf: transformers + PEFT anywhere"})
-    load_in_4bit: bool = field(default=True, metadata={"help": "QLoRA: 4-bit NF4 base weights (unsloth; hf via bitsandbytes)"})
-    full_finetune: bool = field(default=False, metadata={"help": "train every weight instead of LoRA adapters (the paper's recipe)"})
+    load_in_4bit: bool = field(default=True, metadata={
+        "help": "QLoRA: 4-bit NF4 base weights (unsloth; hf via bitsandbytes)"})
+    full_finetune: bool = field(default=False, metadata={
+        "help": "train every weight instead of LoRA adapters (the paper's recipe)"})
     lora_r: int = field(default=64, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA scale numerator (alpha/r, or alpha/sqrt(r) with use_rslora)"})
+    lora_alpha: int = field(default=64, metadata={
+        "help": "LoRA scale numerator (alpha/r, or alpha/sqrt(r) with use_rslora)"})
     lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA path"})
     target_modules: object = field(default="all-linear", metadata={"help": "\"all-linear\" or a list of module names"})
     use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised LoRA scaling (helps high ranks)"})
     epochs: float = field(default=3, metadata={"help": "passes over the training conversations"})
     learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "transformers scheduler name: cosine, linear, constant, ..."})
-    warmup_ratio: float = field(default=0.05, metadata={"help": "share of the steps spent warming the learning rate up"})
-    batch_size: int = field(default=8, metadata={"help": "conversations per optimiser step and device (before grad_accum)"})
+    lr_scheduler: str = field(default="cosine", metadata={
+        "help": "transformers scheduler name: cosine, linear, constant, ..."})
+    warmup_ratio: float = field(default=0.05, metadata={
+        "help": "share of the steps spent warming the learning rate up"})
+    batch_size: int = field(default=8, metadata={
+        "help": "conversations per optimiser step and device (before grad_accum)"})
     grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
-    global_batch_size: int = field(default=None, metadata={"help": "conversations per optimiser step over all processes "
+    global_batch_size: int = field(default=None, metadata={
+        "help": "conversations per optimiser step over all processes "
         "(batch_size x grad_accum x processes): when given, grad_accum follows from it and the number of processes"})
-    max_seq_length: int = field(default=2048, metadata={"help": "longest conversation in tokens (longer ones are dropped, counted)"})
+    max_seq_length: int = field(default=2048, metadata={
+        "help": "longest conversation in tokens (longer ones are dropped, counted)"})
     packing: bool = field(default=False, metadata={"help": "pack several conversations into one sequence"})
     seed: int = field(default=0, metadata={"help": "training seed"})
-    eval_steps: int = field(default=50, metadata={"help": "evaluate every N steps; the best checkpoint by eval loss is kept"})
+    eval_steps: int = field(default=50, metadata={
+        "help": "evaluate every N steps; the best checkpoint by eval loss is kept"})
     optim: str = field(default="adamw_torch", metadata={"help": "optimiser, e.g. adamw_8bit on a GPU"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass: far less memory for about a third more time (hf, tiny)"})
@@ -66,12 +75,14 @@ class CompileConfig:
     tiny_layers: int = field(default=4, metadata={"help": "tiny backend: transformer layers"})
     tiny_hidden: int = field(default=256, metadata={"help": "tiny backend: hidden width"})
     tiny_vocab: int = field(default=2048, metadata={"help": "tiny backend: tokenizer vocabulary size"})
-    workflow: dict = field(default=None, metadata={"help": "{name, hash} of the workflow: set by compile_model from the data"})
+    workflow: dict = field(default=None, metadata={
+        "help": "{name, hash} of the workflow: set by compile_model from the data"})
 
     def resolved_backend(self) -> str:
         "The backend `auto` stands for here: unsloth with CUDA, tiny on CPU."
         if self.backend not in ("auto", "unsloth", "hf", "tiny"):
-            raise CompileError(f"CompileConfig.backend: unknown backend {self.backend!r} (use auto, unsloth, hf or tiny)")
+            raise CompileError(f"CompileConfig.backend: unknown backend {self.backend!r} "
+                               "(use auto, unsloth, hf or tiny)")
         if self.backend != "auto": return self.backend
         import torch
         return "unsloth" if torch.cuda.is_available() else "tiny"
@@ -105,23 +116,24 @@ def check_output_dir(out, workflow:dict):
 
 # %% ../nbs/03_train.ipynb #8db17aa2
 def batch_plan(cfg:CompileConfig, processes:int=None) -> dict:
-    "batch_size (per device), grad_accum, processes (default: this launch's) and global_batch, their product, for `cfg`."
+    "batch_size (per device), grad_accum, processes (default: this launch's) and their product global_batch, for `cfg`."
     n = world_size() if processes is None else processes
     accum = cfg.grad_accum
     if cfg.global_batch_size:
         per_step = cfg.batch_size * n
         if cfg.global_batch_size % per_step:
-            raise CompileError(f"global_batch_size {cfg.global_batch_size} is not a multiple of batch_size {cfg.batch_size} x "
-                               f"{n} process(es) = {per_step}: lower batch_size or change global_batch_size")
+            raise CompileError(f"global_batch_size {cfg.global_batch_size} is not a multiple of batch_size "
+                               f"{cfg.batch_size} x {n} process(es) = {per_step}: lower batch_size or change "
+                               "global_batch_size")
         accum = cfg.global_batch_size // per_step
     return dict(batch_size=cfg.batch_size, grad_accum=accum, processes=n, global_batch=cfg.batch_size * accum * n)
 
 # %% ../nbs/03_train.ipynb #e1ffe3a4
 PRESETS = {
-    "paper": dict(full_finetune=True, load_in_4bit=False, learning_rate=2e-5, lr_scheduler="cosine", optim="adamw_8bit",
-                  batch_size=2, global_batch_size=16, gradient_checkpointing=True, epochs=4),
-    "paper-8b": dict(full_finetune=True, load_in_4bit=False, learning_rate=2e-5, lr_scheduler="cosine", optim="adamw_torch",
-                     batch_size=2, global_batch_size=32, gradient_checkpointing=True, epochs=4),
+    "paper": dict(full_finetune=True, load_in_4bit=False, learning_rate=2e-5, lr_scheduler="cosine",
+                  optim="adamw_8bit", batch_size=2, global_batch_size=16, gradient_checkpointing=True, epochs=4),
+    "paper-8b": dict(full_finetune=True, load_in_4bit=False, learning_rate=2e-5, lr_scheduler="cosine",
+                     optim="adamw_torch", batch_size=2, global_batch_size=32, gradient_checkpointing=True, epochs=4),
 }
 "Named training recipes: `paper` (3B on one GPU) and `paper-8b` (8B sharded over several), both full fine-tuning."
 
@@ -137,9 +149,9 @@ def check_processes(backend:str, processes:int=None):
     "A `CompileError` when `backend` cannot train in a launch of `processes` processes (default: this one's)."
     n = world_size() if processes is None else processes
     if backend == "unsloth" and n > 1:
-        raise CompileError(f"backend unsloth trains on one GPU in one process, and this launch started {n} processes: use "
-                           "--backend hf with an accelerate config (ddp for LoRA, fsdp or zero3 for full fine-tuning), "
-                           "or launch one process")
+        raise CompileError(f"backend unsloth trains on one GPU in one process, and this launch started {n} processes: "
+                           "use --backend hf with an accelerate config (ddp for LoRA, fsdp or zero3 for full "
+                           "fine-tuning), or launch one process")
 
 # %% ../nbs/03_train.ipynb #4ed68db2
 def _eot(tok) -> str:
@@ -194,15 +206,16 @@ def check_masking(ds_tok, msgs_list:list, tok, n:int=3, eot:str=None):
         want = [m["content"] + eot for m in msgs_list[k] if m["role"] == "assistant"]
         got = supervised_text(ds_tok[k], tok)
         if got != want:
-            raise CompileError(f"loss masking check failed on example {k}: supervised text {got[:2]!r} != assistant turns {want[:2]!r}")
+            raise CompileError(f"loss masking check failed on example {k}: supervised text {got[:2]!r} "
+                               f"!= assistant turns {want[:2]!r}")
 
 # %% ../nbs/03_train.ipynb #69bae383
 def prepare_dataset(ds, tok, max_seq_length:int=2048, check:int=3):
     "Tokenise `ds['messages']` with the chat template and assistant-only labels; drop (and count) over-long rows."
     from datasets import Dataset
     if not getattr(tok, "chat_template", None):
-        raise CompileError(f"tokenizer {getattr(tok, 'name_or_path', '')!r} has no chat template; set tokenizer.chat_template "
-                           "or use an instruct/chat model")
+        raise CompileError(f"tokenizer {getattr(tok, 'name_or_path', '')!r} has no chat template; "
+                           "set tokenizer.chat_template or use an instruct/chat model")
     if "messages" not in ds.column_names: raise CompileError("dataset has no `messages` column")
     msgs = [m for m in ds["messages"] if any(x["role"] == "assistant" for x in m)]
     if not msgs: raise CompileError("dataset has no assistant turns: nothing to train on")
@@ -210,7 +223,9 @@ def prepare_dataset(ds, tok, max_seq_length:int=2048, check:int=3):
     rows = [tokenize_conversation(m, tok, eot) for m in msgs]
     keep = [i for i, r in enumerate(rows) if len(r["input_ids"]) <= max_seq_length]
     dropped = len(rows) - len(keep)
-    if dropped: warnings.warn(f"{dropped} of {len(rows)} conversations are longer than max_seq_length={max_seq_length} tokens: dropped")
+    if dropped:
+        warnings.warn(f"{dropped} of {len(rows)} conversations are longer than max_seq_length={max_seq_length} "
+                      "tokens: dropped")
     rows, msgs = [rows[i] for i in keep], [msgs[i] for i in keep]
     if not rows: raise CompileError(f"every conversation is longer than max_seq_length={max_seq_length}")
     out = Dataset.from_list(rows)
@@ -252,8 +267,9 @@ def build_tiny_model(ds, out_dir=None, layers:int=4, hidden:int=256, vocab_size:
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = from_main(train_tokenizer, ds, vocab_size)        # trained once, in the main process: the same in every one
     torch.manual_seed(seed)
+    heads = max(1, hidden//64)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=(hidden*8//3 + 63)//64*64,
-                      num_hidden_layers=layers, num_attention_heads=max(1, hidden//64), num_key_value_heads=max(1, hidden//64),
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=max_len, tie_word_embeddings=False, rope_theta=10000.0,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg)
@@ -352,7 +368,8 @@ def mixed_precision(capability:tuple=None) -> str|None:
 
 # %% ../nbs/03_train.ipynb #f4ff1d50
 def load_error(e:BaseException, name:str) -> CompileError|None:
-    "A one-line `CompileError` when loading base model `name` failed for want of the model (an OSError or ValueError in `e`'s chain), else None."
+    "A one-line `CompileError` when loading base model `name` failed for want of the model, else None."
+    # "for want of the model": an OSError or ValueError somewhere in `e`'s chain
     while e is not None and not isinstance(e, (OSError, ValueError)): e = e.__cause__ or e.__context__
     if e is None: return None
     off = " (HF_HUB_OFFLINE is set: only local dirs and cached models work)" if os.environ.get("HF_HUB_OFFLINE") else ""
@@ -383,11 +400,13 @@ def load_hf(cfg:CompileConfig, # what to load, and how
     kw, qlora = {}, cfg.load_in_4bit and not cfg.full_finetune
     if qlora:
         if sharding():
-            raise CompileError(f"4-bit QLoRA is not sharded by {sharding()} here: use the ddp config for LoRA / QLoRA (each "
-                               "GPU holds the 4-bit model), or --full-finetune --no-load-in-4bit with fsdp or zero3")
-        kw["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                                       bnb_4bit_compute_dtype=_HALF.get(mixed_precision(), torch.float32))
-        if world_size() > 1 and torch.cuda.is_available(): kw["device_map"] = {"": local_rank()}   # each process its GPU
+            raise CompileError(f"4-bit QLoRA is not sharded by {sharding()} here: use the ddp config for LoRA / QLoRA "
+                               "(each GPU holds the 4-bit model), or --full-finetune --no-load-in-4bit with fsdp "
+                               "or zero3")
+        kw["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=_HALF.get(mixed_precision(), torch.float32))
+        if world_size() > 1 and torch.cuda.is_available(): kw["device_map"] = {"": local_rank()}   # each its GPU
     with main_first():                                  # the main process downloads, the others read the cache
         tok = fix_special_tokens(_from_pretrained(AutoTokenizer, base))
         model = _from_pretrained(AutoModelForCausalLM, base, **kw)
@@ -435,12 +454,13 @@ def upper_layers(base_model:str, # a model id or directory (its config gives the
 def load_unsloth(cfg:CompileConfig):
     "Base model + tokenizer through Unsloth's FastLanguageModel (CUDA only), LoRA with Unsloth gradient checkpointing."
     import torch
-    if not torch.cuda.is_available(): raise CompileError("backend 'unsloth' needs a CUDA GPU and none is present; use backend 'hf' or 'tiny'")
+    if not torch.cuda.is_available():
+        raise CompileError("backend 'unsloth' needs a CUDA GPU and none is present; use backend 'hf' or 'tiny'")
     from unsloth import FastLanguageModel
     try:
-        model, tok = FastLanguageModel.from_pretrained(model_name=cfg.base_model, max_seq_length=cfg.max_seq_length, dtype=None,
-                                                       load_in_4bit=cfg.load_in_4bit and not cfg.full_finetune,
-                                                       full_finetuning=cfg.full_finetune)
+        model, tok = FastLanguageModel.from_pretrained(
+            model_name=cfg.base_model, max_seq_length=cfg.max_seq_length, dtype=None,
+            load_in_4bit=cfg.load_in_4bit and not cfg.full_finetune, full_finetuning=cfg.full_finetune)
     except (OSError, RuntimeError) as e:
         err = load_error(e, cfg.base_model)
         if err is None: raise
@@ -452,8 +472,9 @@ def load_unsloth(cfg:CompileConfig):
         tm = cfg.target_modules
         if tm == "all-linear": tm = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         model = FastLanguageModel.get_peft_model(model, r=cfg.lora_r, target_modules=tm, lora_alpha=cfg.lora_alpha,
-                                                 lora_dropout=cfg.lora_dropout, bias="none", use_gradient_checkpointing="unsloth",
-                                                 random_state=cfg.seed, use_rslora=cfg.use_rslora)
+                                                 lora_dropout=cfg.lora_dropout, bias="none",
+                                                 use_gradient_checkpointing="unsloth", random_state=cfg.seed,
+                                                 use_rslora=cfg.use_rslora)
     return model, tok
 
 # %% ../nbs/03_train.ipynb #600dde15
@@ -555,7 +576,8 @@ def loss_bar(desc:str="train"):
     from transformers import TrainerCallback
     class LossBar(TrainerCallback):
         def on_train_begin(self, args, state, control, **kw):
-            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc, unit="step", dynamic_ncols=True)
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc, unit="step",
+                            dynamic_ncols=True)
             self.shown = {}
         def on_step_end(self, args, state, control, **kw): self.bar.update(state.global_step - self.bar.n)
         def on_log(self, args, state, control, logs=None, **kw):
@@ -601,7 +623,8 @@ def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=
                      save_strategy="steps", save_steps=cfg.eval_steps if ev else (save_steps or cfg.eval_steps),
                      save_total_limit=None, load_best_model_at_end=ev,   # the checkpointer keeps the newest, the best
                      metric_for_best_model="eval_loss", greater_is_better=False, report_to=[], disable_tqdm=True,
-                     bf16=mixed_precision() == "bf16", fp16=mixed_precision() == "fp16", use_cpu=not torch.cuda.is_available(),
+                     bf16=mixed_precision() == "bf16", fp16=mixed_precision() == "fp16",
+                     use_cpu=not torch.cuda.is_available(),
                      dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
                      packing=False, dataloader_num_workers=0, train_sampling_strategy="group_by_length")
     coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
@@ -627,15 +650,15 @@ def draw_loss(log_history:list, path=None):
     return fig
 
 # %% ../nbs/03_train.ipynb #5bab2fd3
-def place_gguf(result:dict, # what Unsloth's `save_pretrained_gguf` returned: gguf_files, modelfile_location, save_directory, gguf_directory
+def place_gguf(result:dict, # what Unsloth's `save_pretrained_gguf` returned: gguf_files, modelfile_location, ...
                dest # the folder the files belong in
               ) -> list:
-    "Move the GGUF files (and Ollama Modelfile) an Unsloth export wrote into `dest`, remove its build folders; the GGUF paths."
+    "Move the GGUF files (and Ollama Modelfile) of an Unsloth export into `dest`, drop its build folders; their paths."
     import shutil
     dest = Path(dest); dest.mkdir(parents=True, exist_ok=True)
     files = [Path(f) for f in (result or {}).get("gguf_files") or [] if Path(f).exists()]
-    if not files: raise CompileError(f"the GGUF export wrote no .gguf file (Unsloth returned {result!r}); save 'merged' "
-                                     "and convert it with llama.cpp's convert_hf_to_gguf.py")
+    if not files: raise CompileError(f"the GGUF export wrote no .gguf file (Unsloth returned {result!r}); "
+                                     "save 'merged' and convert it with llama.cpp's convert_hf_to_gguf.py")
     extra = [Path(result["modelfile_location"])] if result.get("modelfile_location") else []
     for f in files + [f for f in extra if f.exists()]:
         if f.parent.resolve() != dest.resolve(): shutil.move(str(f), dest/f.name)
@@ -696,9 +719,9 @@ def _workflow_of(ds, G=None) -> dict:
     return None
 
 def _save_forms(model, tok, cfg, out, backend, trainer=None):
-    "Write the trained model: the model dir itself (tiny/full) or the adapter, plus merged / GGUF when asked (main process)."
+    "Write the trained model (tiny/full) or adapter, plus merged / GGUF when asked (on the main process)."
     out = Path(out)
-    if trainer is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):   # gathered, then written once
+    if trainer is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):   # gathered, written once
         trainer.save_model(str(out))
         if is_main_process(): (out/"training_args.bin").unlink(missing_ok=True)
     elif is_main_process(): model.save_pretrained(out); tok.save_pretrained(out)
@@ -726,7 +749,8 @@ def _check_init_from(init_from, out, backend):
     if backend == "tiny" and not (p/"config.json").exists():
         raise CompileError(f"init_from {p}: the tiny backend needs a model dir (config.json)")
 
-TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=1024, tiny_hidden=128, tiny_layers=3)
+TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=1024, tiny_hidden=128,
+                     tiny_layers=3)
 "Tuned settings for the tiny backend: 300 travel_booking conversations compile in about 3 minutes on 2 CPU cores."
 
 def compile_model(train_ds, # conversations (a `messages` column), e.g. from `generate_conversations`
@@ -763,7 +787,7 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     t2 = time.time()
     model = trainer.model
     _save_forms(model, tok, cfg, out, backend, trainer)
-    barrier()                                   # every process has loaded the best checkpoint: now the main one tidies up
+    barrier()                                   # every process has loaded the best checkpoint: the main one tidies up
     logs = trainer.state.log_history
     if is_main_process():
         cfg.save(out)
@@ -775,23 +799,24 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     m = dict(output_dir=str(out), backend=backend, **stats, steps=steps, resumed_from_step=k0 or None,
              init_from=str(init_from) if init_from else None,
              train_loss_first=trl_[0] if trl_ else None, train_loss_last=trl_[-1] if trl_ else None,
-             best_eval_loss=min(evl) if evl else None, **{k: v for k, v in batch_plan(cfg).items() if k != "batch_size"},
+             best_eval_loss=min(evl) if evl else None,
+             **{k: v for k, v in batch_plan(cfg).items() if k != "batch_size"},
              wall_s=round(time.time()-t0, 1), train_s=round(t2-t1, 1),
              train_tokens_per_s=round(stats["tokens"]*cfg.epochs*(steps-k0)/max(1, steps)/(t2-t1), 1),
              peak_rss_mb=round(peak_rss_mb(), 1), log_history=logs)
     if is_main_process():
         (out/"metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "log_history"}, indent=2))
-        shutil.rmtree(out/"checkpoints", ignore_errors=True)   # last: a crash before this resumes from the final checkpoint
+        shutil.rmtree(out/"checkpoints", ignore_errors=True)   # last: a crash before this resumes from the final one
     return m
 
 # %% ../nbs/03_train.ipynb #7c13e6ed
 def base_16bit(name:str) -> str:
-    "The 16-bit model an Unsloth pre-quantised checkpoint was made from: `unsloth/X-bnb-4bit`, `unsloth/X-unsloth-bnb-4bit` -> `unsloth/X`."
+    "The 16-bit model of a 4-bit checkpoint: `unsloth/X-bnb-4bit`, `unsloth/X-unsloth-bnb-4bit` -> `unsloth/X`."
     import re
     return re.sub(r"(-unsloth)?-bnb-4bit$", "", name)
 
 def _load_unsloth_compiled(d):
-    "A compiled model through Unsloth (when it is loaded: its patches replace the model family's forwards), ready for inference."
+    "A compiled model through Unsloth (once loaded, its patches replace the forwards), ready for inference."
     from unsloth import FastLanguageModel
     cfg = CompileConfig.load(d) if (d/CONFIG_FILE).exists() else CompileConfig(load_in_4bit=False)
     model, tok = FastLanguageModel.from_pretrained(model_name=str(d), max_seq_length=cfg.max_seq_length,
@@ -800,14 +825,14 @@ def _load_unsloth_compiled(d):
     return model, tok
 
 def load_compiled(d) -> tuple:
-    "(model, tokenizer) from a compile output: a tiny/full/merged model dir or a PEFT adapter dir (base from adapter_config.json)."
+    "(model, tokenizer) from a compile output: a tiny/full/merged model dir or a PEFT adapter dir (base in its config)."
     import importlib.util, sys, torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     d = Path(d)
     if not d.is_dir(): raise CompileError(f"{d}: no such directory")
     if list(d.glob("*.gguf")) or d.suffix == ".gguf":
-        raise CompileError(f"{d}: GGUF is for llama.cpp / Ollama (e.g. `llama-server -m FILE.gguf` or an Ollama Modelfile "
-                           "`FROM ./FILE.gguf`), not transformers; load the adapter or merged dir instead")
+        raise CompileError(f"{d}: GGUF is for llama.cpp / Ollama (e.g. `llama-server -m FILE.gguf` or an Ollama "
+                           "Modelfile `FROM ./FILE.gguf`), not transformers; load the adapter or merged dir instead")
     if not ((d/"adapter_config.json").exists() or (d/"config.json").exists()):
         raise CompileError(f"{d}: neither a model (config.json) nor an adapter (adapter_config.json)")
     cuda = torch.cuda.is_available()
@@ -830,11 +855,12 @@ def generate_replies(model, tok, histories:list, max_new_tokens:int=64, batch_si
     outs = []
     try:
         for i in range(0, len(histories), batch_size):
-            prompts = [tok.apply_chat_template(h, tokenize=False, add_generation_prompt=True) for h in histories[i:i+batch_size]]
+            prompts = [tok.apply_chat_template(h, tokenize=False, add_generation_prompt=True)
+                       for h in histories[i:i+batch_size]]
             enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
-                g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop_token_ids(tok),
-                                   pad_token_id=tok.pad_token_id)
+                g = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                   eos_token_id=stop_token_ids(tok), pad_token_id=tok.pad_token_id)
             outs += tok.batch_decode(g[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally: tok.padding_side = side
     return [o.strip() for o in outs]

@@ -7,15 +7,15 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/train.html.md"""
 # %% auto #0
 __all__ = ['CONFIG_FILE', 'PRESETS', 'CHATML', 'SPECIALS', 'SHIPPED', 'LINEAR', 'CHECKPOINT_MARK', 'SAVE_MINUTES', 'EPOCH_RNG',
            'TINY_DEFAULTS', 'CompileError', 'CompileConfig', 'check_output_dir', 'batch_plan', 'check_processes',
-           'assistant_spans', 'tokenize_conversation', 'supervised_text', 'check_masking', 'prepare_dataset',
-           'train_tokenizer', 'build_tiny_model', 'cache_dir', 'stop_token_ids', 'fix_special_tokens', 'convert_gguf',
+           'train_tokenizer', 'assistant_spans', 'tokenize_conversation', 'supervised_text', 'check_masking',
+           'prepare_dataset', 'build_tiny_model', 'cache_dir', 'stop_token_ids', 'fix_special_tokens', 'convert_gguf',
            'offline_copy', 'resolve_model', 'mixed_precision', 'load_error', 'load_hf', 'train_only', 'upper_layers',
            'load_unsloth', 'checkpoint_step', 'mark_checkpoint', 'checkpoint_complete', 'last_checkpoint',
            'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing', 'peak_rss_mb', 'train', 'draw_loss',
            'place_gguf', 'fingerprint', 'resume_point', 'start_model', 'compile_model', 'base_16bit', 'load_compiled',
            'generate_replies', 'node_adherence', 'demo_models']
 
-# %% ../nbs/03_train.ipynb #813eb6b9
+# %% ../nbs/03_train.ipynb #3622d72f
 import json, os, time, math, resource, warnings, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -23,7 +23,6 @@ import networkx as nx
 from .distributed import world_size, local_rank, is_main_process, main_first, barrier, from_main
 from .distributed import sharding, quiet_others
 
-# %% ../nbs/03_train.ipynb #3622d72f
 class CompileError(Exception):
     "A compile that cannot go on, with a one-line reason naming what is wrong and where."
 
@@ -153,6 +152,33 @@ def check_processes(backend:str, processes:int=None):
                            "use --backend hf with an accelerate config (ddp for LoRA, fsdp or zero3 for full "
                            "fine-tuning), or launch one process")
 
+# %% ../nbs/03_train.ipynb #705310f6
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+          "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
+          "{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+def train_tokenizer(ds, # conversations: a `messages` column
+                    vocab_size:int=2048, # the vocabulary size, special tokens included
+                    min_frequency:int=2 # the fewest occurrences of a pair that BPE merges
+                   ):
+    "A byte-level BPE tokenizer trained on the dataset's messages, with ChatML special tokens and chat template."
+    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from transformers import PreTrainedTokenizerFast
+    t = Tokenizer(models.BPE())
+    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    t.decoder = decoders.ByteLevel()
+    tr = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS,
+                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    roles = ["system", "user", "assistant"]
+    t.train_from_iterator((m["content"] for ms in ds["messages"] for m in ms), trainer=tr)
+    t.add_tokens(roles)  # whole-word role names
+    tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>", eos_token="<|im_end|>",
+                                  pad_token="<|pad|>", unk_token=None, additional_special_tokens=["<|im_start|>"])
+    tok.chat_template = CHATML
+    return tok
+
 # %% ../nbs/03_train.ipynb #4ed68db2
 def _eot(tok) -> str:
     "The end-of-turn string the chat template closes an assistant turn with."
@@ -165,7 +191,10 @@ def _eot(tok) -> str:
 
 def _render(tok, msgs, **kw): return tok.apply_chat_template(msgs, tokenize=False, **kw)
 
-def assistant_spans(msgs:list, tok, eot:str=None) -> tuple:
+def assistant_spans(msgs:list, # one conversation: chat messages
+                    tok, # a tokenizer with a chat template
+                    eot:str=None # the end-of-turn string (default: read off the template)
+                   ) -> tuple:
     "The rendered conversation and the (start, end) character spans of each assistant turn (content + end-of-turn)."
     eot = eot or _eot(tok)
     full, spans = _render(tok, msgs), []
@@ -179,7 +208,10 @@ def assistant_spans(msgs:list, tok, eot:str=None) -> tuple:
         spans.append((len(pre), end + len(eot) if end >= 0 else len(upto)))
     return full, spans
 
-def tokenize_conversation(msgs:list, tok, eot:str=None) -> dict:
+def tokenize_conversation(msgs:list, # one conversation: chat messages
+                          tok, # a tokenizer with a chat template
+                          eot:str=None # the end-of-turn string (default: read off the template)
+                         ) -> dict:
     "input_ids, attention_mask and labels (-100 except on assistant turns and their end-of-turn token)."
     full, spans = assistant_spans(msgs, tok, eot)
     enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
@@ -199,7 +231,12 @@ def supervised_text(row:dict, tok) -> list:
     if cur: runs.append(cur)
     return [tok.decode(r, skip_special_tokens=False) for r in runs]
 
-def check_masking(ds_tok, msgs_list:list, tok, n:int=3, eot:str=None):
+def check_masking(ds_tok, # tokenised rows (`tokenize_conversation`)
+                  msgs_list:list, # the conversations they came from, in the same order
+                  tok, # the tokenizer
+                  n:int=3, # how many rows to check
+                  eot:str=None # the end-of-turn string (default: read off the template)
+                 ):
     "Assert that the supervised tokens of the first `n` rows decode to exactly their assistant turns (+ end-of-turn)."
     eot = eot or _eot(tok)
     for k in range(min(n, len(ds_tok))):
@@ -210,7 +247,11 @@ def check_masking(ds_tok, msgs_list:list, tok, n:int=3, eot:str=None):
                                f"!= assistant turns {want[:2]!r}")
 
 # %% ../nbs/03_train.ipynb #69bae383
-def prepare_dataset(ds, tok, max_seq_length:int=2048, check:int=3):
+def prepare_dataset(ds, # conversations: a `messages` column
+                    tok, # a tokenizer with a chat template
+                    max_seq_length:int=2048, # longer conversations are dropped (and counted)
+                    check:int=3 # rows whose masking `check_masking` asserts
+                   ):
     "Tokenise `ds['messages']` with the chat template and assistant-only labels; drop (and count) over-long rows."
     from datasets import Dataset
     if not getattr(tok, "chat_template", None):
@@ -236,32 +277,15 @@ def prepare_dataset(ds, tok, max_seq_length:int=2048, check:int=3):
                  supervised_fraction=round(sup/tot, 4), max_len=max(len(r["input_ids"]) for r in rows))
     return out, stats
 
-# %% ../nbs/03_train.ipynb #705310f6
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-          "{% if m['role'] == 'assistant' %}{% generation %}{{ m['content'] }}<|im_end|>{% endgeneration %}"
-          "{% else %}{{ m['content'] }}<|im_end|>{% endif %}{{ '\\n' }}{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-
-def train_tokenizer(ds, vocab_size:int=2048, min_frequency:int=2):
-    "A byte-level BPE tokenizer trained on the dataset's messages, with ChatML special tokens and chat template."
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
-    from transformers import PreTrainedTokenizerFast
-    t = Tokenizer(models.BPE())
-    t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    t.decoder = decoders.ByteLevel()
-    tr = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS,
-                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    roles = ["system", "user", "assistant"]
-    t.train_from_iterator((m["content"] for ms in ds["messages"] for m in ms), trainer=tr)
-    t.add_tokens(roles)  # whole-word role names
-    tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>", eos_token="<|im_end|>",
-                                  pad_token="<|pad|>", unk_token=None, additional_special_tokens=["<|im_start|>"])
-    tok.chat_template = CHATML
-    return tok
-
 # %% ../nbs/03_train.ipynb #ce705492
-def build_tiny_model(ds, out_dir=None, layers:int=4, hidden:int=256, vocab_size:int=2048, max_len:int=2048, seed:int=0):
+def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages` column)
+                     out_dir=None, # where to save model and tokenizer (default: not saved)
+                     layers:int=4, # decoder layers
+                     hidden:int=256, # hidden width (one attention head per 64)
+                     vocab_size:int=2048, # tokenizer vocabulary size
+                     max_len:int=2048, # longest sequence (position embeddings)
+                     seed:int=0 # seed of the initial weights
+                    ):
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -598,7 +622,13 @@ def peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MiB."
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-def train(model, tok, train_tok, eval_tok=None, cfg:CompileConfig=None, out_dir=None, progress:bool=True,
+def train(model, # the model to train (from `start_model`)
+          tok, # its tokenizer
+          train_tok, # tokenised training rows (`prepare_dataset`)
+          eval_tok=None, # tokenised held-out rows: eval loss every `eval_steps`, best checkpoint kept
+          cfg:CompileConfig=None, # the training settings
+          out_dir=None, # where checkpoints go (under `checkpoints`; default `cfg.output_dir`)
+          progress:bool=True, # show a progress bar with the loss
           resume_from=None, # a complete checkpoint dir to continue from (`last_checkpoint`)
           save_steps:int=None, # also checkpoint every N steps (besides every `eval_steps`)
           save_minutes:float=SAVE_MINUTES, # and every this many minutes
@@ -667,7 +697,11 @@ def place_gguf(result:dict, # what Unsloth's `save_pretrained_gguf` returned: gg
     return [dest/f.name for f in files]
 
 # %% ../nbs/03_train.ipynb #409cde62
-def fingerprint(train_ds, eval_ds=None, cfg:CompileConfig=None, init_from=None) -> str:
+def fingerprint(train_ds, # the training conversations
+                eval_ds=None, # the held-out conversations
+                cfg:CompileConfig=None, # the settings
+                init_from=None # a previous compile this run starts from
+               ) -> str:
     "A hash of what training depends on: the conversations, the config (not `output_dir`, `save_as`), the start model."
     h = hashlib.sha256()
     c = asdict(cfg or CompileConfig()); c.pop("output_dir", None); c.pop("save_as", None)
@@ -678,7 +712,10 @@ def fingerprint(train_ds, eval_ds=None, cfg:CompileConfig=None, init_from=None) 
         p = Path(init_from)/f; h.update(p.read_bytes() if p.exists() else b"-")
     return h.hexdigest()[:16]
 
-def resume_point(root, fingerprint:str, resume:bool=True) -> Path|None:
+def resume_point(root, # the checkpoints folder
+                 fingerprint:str, # the run's `fingerprint`
+                 resume:bool=True # False: start over (every checkpoint goes)
+                ) -> Path|None:
     "The newest complete checkpoint of `fingerprint` under `root` (None without `resume`); all but it and its best go."
     root, keep = Path(root), set()
     ck = last_checkpoint(root, fingerprint) if resume else None
@@ -695,7 +732,12 @@ def resume_point(root, fingerprint:str, resume:bool=True) -> Path|None:
     prune_checkpoints(root, keep)
     return ck
 
-def start_model(cfg:CompileConfig, backend:str, train_ds, ckpt=None, init_from=None) -> tuple:
+def start_model(cfg:CompileConfig, # the settings
+                backend:str, # the resolved backend: tiny, hf or unsloth
+                train_ds, # the training conversations (the tiny tokenizer is trained on them)
+                ckpt=None, # a checkpoint to read the tiny model back from
+                init_from=None # a previous compile's output to start from
+               ) -> tuple:
     "(model, tokenizer) to train: built or loaded as `cfg` says, read back from `ckpt` (tiny), or a previous compile's."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -848,7 +890,12 @@ def load_compiled(d) -> tuple:
     return model.eval(), tok
 
 # %% ../nbs/03_train.ipynb #29688578
-def generate_replies(model, tok, histories:list, max_new_tokens:int=64, batch_size:int=32) -> list:
+def generate_replies(model, # a causal LM
+                     tok, # its tokenizer, with a chat template
+                     histories:list, # chat histories, each ending before the reply
+                     max_new_tokens:int=64, # longest reply
+                     batch_size:int=32 # histories per `generate` call
+                    ) -> list:
     "Greedy replies of `model` to each chat history (left-padded batches)."
     import torch
     side, tok.padding_side = tok.padding_side, "left"
@@ -865,7 +912,13 @@ def generate_replies(model, tok, histories:list, max_new_tokens:int=64, batch_si
     finally: tok.padding_side = side
     return [o.strip() for o in outs]
 
-def node_adherence(model, tok, ds, G:nx.DiGraph, max_new_tokens:int=64, batch_size:int=32) -> dict:
+def node_adherence(model, # a compiled model
+                   tok, # its tokenizer
+                   ds, # held-out conversations (messages, turn_nodes, scenario)
+                   G:nx.DiGraph, # the workflow
+                   max_new_tokens:int=64, # longest reply
+                   batch_size:int=32 # histories per `generate` call
+                  ) -> dict:
     "Share of assistant turns (true history given) whose greedy reply realises the right node (`match_node`)."
     from subterranean.generate import match_node
     from subterranean.paths import row_scenario

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import networkx as nx
 from fastcore.basics import patch
+from fastcore.meta import delegates
 from .workflow import fill, turn_nodes, workflow_hash, DEFAULT_OPENERS
 from .paths import scenario_slots
 
@@ -593,22 +594,14 @@ def run_info(ds) -> dict:
     try: return json.loads(ds.info.description or "{}")
     except ValueError: return {}
 
+@delegates(agenerate_conversations)
 def generate_conversations(G:nx.DiGraph, # the workflow
                            n:int, # how many conversations (scenarios from `sample_scenarios(G, n, seed)`)
                            teacher, # writes the agent's turns
-                           user=None, # writes the customer's turns (default: the same teacher)
-                           seed:int=0, # scenario seed
-                           concurrency:int=8, # conversations in flight
-                           cache=None, # JSONL file: resume from it, append to it
-                           budget_tokens:int=None, # stop before the run's tokens would pass this
-                           budget_usd:float=None, # stop before the run's spend would pass this (needs `prices`)
-                           prices=None, # (prompt, completion) dollars per million tokens
-                           progress:bool=True, # show a tqdm bar
-                           **kw # tries, max_chars, max_loops, scenarios
+                           **kwargs # any option of `agenerate_conversations`: user, seed, cache, budget_usd, ...
                           ):
     "Generate up to `n` conversations along the workflow's paths; a `datasets.Dataset` in scenario order."
-    return run_sync(agenerate_conversations(G, n, teacher, user, seed, concurrency, cache, budget_tokens, budget_usd,
-                                            prices, progress, **kw))
+    return run_sync(agenerate_conversations(G, n, teacher, **kwargs))
 
 # %% ../nbs/02_generate.ipynb #4f19d247
 @dataclass

@@ -8,7 +8,7 @@ with another seed, none of them trained on): per-turn adherence over all of them
 the edited node and over the others, and slot fidelity when `subterranean.evaluate` measures it.
 
 Prints JSON. The CPU is shared: the load average before and after is in the output.
-Run: .venv/bin/python bench/recompile.py [--n 300] [--node quote_held] [--inc-epochs 2] [--inc-lr 2e-3]
+Run: .venv/bin/python bench/recompile.py [--n 300] [--node quote_held] [--inc-epochs EPOCHS] [--inc-lr 2e-3]
 """
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
@@ -43,7 +43,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=300, help="conversations per compile")
     p.add_argument("--node", default="quote_held", choices=sorted(EDITS), help="the node to edit")
-    p.add_argument("--inc-epochs", type=float, default=None, help="incremental training's epochs (default: as full)")
+    p.add_argument("--inc-epochs", type=float, default=None,
+                   help="incremental training's epochs (default: ResumeConfig.epochs_after_edit)")
     p.add_argument("--inc-lr", type=float, default=None, help="incremental training's rate (default: as full)")
     p.add_argument("--replay", type=float, default=1.0, help="unchanged conversations replayed per changed one")
     p.add_argument("--eval-n", type=int, default=10, help="held-out scenarios of each compile's own evaluation stage")
@@ -64,7 +65,7 @@ def main():
     G = load_workflow(wf); G.nodes[a.node]["examples"] = EDITS[a.node]; save_workflow(G, wf)
     E = load_workflow(wf)
     inc_s, inc_out = compile_run(wf, inc, *common, "--from-previous", "--replay", a.replay,
-                                 *(["--epochs", a.inc_epochs] if a.inc_epochs else []),
+                                 *(["--epochs-after-edit", a.inc_epochs] if a.inc_epochs is not None else []),
                                  *(["--learning-rate", a.inc_lr] if a.inc_lr else []))
     full_s, _ = compile_run(wf, full, *common)
     plan = json.loads((inc/"scenarios.json").read_text())["plan"]

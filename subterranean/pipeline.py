@@ -300,6 +300,8 @@ class ResumeConfig:
                 "sample"})
     replay: float = field(default=1.0, metadata={
         "help": "with from_previous: unchanged conversations replayed per regenerated or new one"})
+    epochs_after_edit: float = field(default=2.0, metadata={
+        "help": "with from_previous: epochs of the training on from the previous model (0: the compile's epochs)"})
 
 # %% ../nbs/06_pipeline.ipynb #e719a6b6
 def train_stage(data, # a DatasetDict with train and eval splits (or the folder holding one)
@@ -319,6 +321,7 @@ def train_stage(data, # a DatasetDict with train and eval splits (or the folder 
     rc = resume or ResumeConfig()
     sp = data if hasattr(data, "keys") else load_data(data)
     cfg = dataclasses.replace(cfg, output_dir=str(model_dir))
+    if init_from is not None and rc.epochs_after_edit: cfg = dataclasses.replace(cfg, epochs=rc.epochs_after_edit)
     tr = replay_sample(sp["train"], status, rc.replay, cfg.seed) if init_from is not None and status else sp["train"]
     b = batch_plan(cfg)
     steps = math.ceil(len(tr) / b["global_batch"]) * cfg.epochs

@@ -36,8 +36,7 @@ PAPER = {"in-context": "4.53 task success (1-5 judge), 11.5% failures",
 
 def heldout(G, n, sp, seed):
     "Held-out scenarios: the eval split's (paths never trained on), then fresh ones absent from the train split."
-    try: from subterranean.pipeline import heldout_scenarios
-    except ImportError: from subterranean.cli import heldout_scenarios
+    from subterranean.paths import heldout_scenarios
     return heldout_scenarios(G, n, sp, seed)
 
 def compile_condition(name, sp, G, out, a):

@@ -51,12 +51,12 @@ __all__ = ['RANK_VARS', 'SIZE_VARS', 'LOCAL_VARS', 'DIST_TIMEOUT_S', 'CONFIGS', 
 
 # %% ../nbs/02a_distributed.ipynb #f0e09b65
 DIST_TIMEOUT_S = 4 * 3600
-_JOINED = []
 
+@atexit.register
 def _leave():
     "Leave the process group before the interpreter tears down (else gloo can abort a process that exits last)."
-    import torch.distributed as dist
-    if dist.is_initialized(): dist.destroy_process_group()
+    dist = sys.modules.get("torch.distributed")      # never imports torch at exit
+    if dist is not None and dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def join_processes():
     "Join the process group of this launch (once); accelerate's `PartialState`, or None in a single process."
@@ -64,9 +64,7 @@ def join_processes():
     import torch
     from accelerate import PartialState
     t = float(os.environ.get("SUBTERRANEAN_DIST_TIMEOUT", DIST_TIMEOUT_S))
-    s = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=t))
-    if _leave not in _JOINED: atexit.register(_leave); _JOINED.append(_leave)
-    return s
+    return PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(seconds=t))
 
 # %% ../nbs/02a_distributed.ipynb #87b07a22
 def barrier():

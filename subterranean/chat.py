@@ -48,7 +48,9 @@ class Agent:
                  api_key:str=None, # endpoint key (local servers need none)
                  adapter:str=None, # a PEFT adapter directory to put on `model`
                  system:str=None, # override the system prompt
-                 max_new_tokens:int=96, temperature:float=0.0, timeout:float=120):
+                 max_new_tokens:int=96, temperature:float=0.0, timeout:float=120,
+                 reuse_cache:bool=True # keep the conversation's KV cache between turns (local models)
+                ):
         if (model is None) == (base_url is None): raise ValueError("Agent needs either a local `model` (with its "
                                                                    "`tokenizer`) or a `base_url`, not both")
         if model is not None and tokenizer is None: raise ValueError("Agent: a local model needs its `tokenizer`")
@@ -59,6 +61,7 @@ class Agent:
         self.system = system if system is not None else system_prompt(G, mode)
         self.name = name or mode
         self.max_new_tokens, self.temperature, self.last = max_new_tokens, temperature, None
+        self.reuse_cache, self.kv = reuse_cache, None      # kv: (token ids, their cache) of the last local turn
         self.base_url, self.endpoint_model, self.client = base_url, endpoint_model, None
         if base_url is not None:
             import openai
@@ -107,11 +110,31 @@ def _gen_kw(agent, enc):
     if agent.temperature > 0: kw["temperature"] = agent.temperature
     return kw
 
-def _local_reply(agent, messages):
+def _past(agent, ids):
+    "The last turn's KV cache cut to the prefix it shares with `ids` (None when there is nothing to reuse)."
+    if not (agent.reuse_cache and agent.kv): return None
+    old, cache = agent.kv; agent.kv = None
+    m = min(len(old), cache.get_seq_length(), ids.shape[1] - 1)    # at least one new token to encode
+    same = (old[:m] == ids[0, :m].to(old.device)).long()
+    k = int(same.cumprod(0).sum()) if m > 0 else 0
+    if k == 0 or not getattr(cache, "is_croppable", True): return None
+    if cache.get_seq_length() > k: cache.crop(k - cache.get_seq_length())   # negative: drop that many from the end
+    return cache
+
+def _generate(agent, enc, **kw):
+    "`model.generate` for one prompt, starting from the conversation's cached prefix; the output's token ids."
     import torch
+    past = _past(agent, enc["input_ids"])
+    if past is not None: kw["past_key_values"] = past
+    with torch.no_grad(): out = agent.model.generate(**_gen_kw(agent, enc), return_dict_in_generate=True, **kw)
+    kv = getattr(out, "past_key_values", None)
+    if agent.reuse_cache and hasattr(kv, "crop"):   # a Cache object (Unsloth's fast generate returns plain lists)
+        agent.kv = (out.sequences[0], kv)
+    return out.sequences
+
+def _local_reply(agent, messages):
     enc = _encode(agent, messages); n = enc["input_ids"].shape[1]
-    with torch.no_grad(): out = agent.model.generate(**_gen_kw(agent, enc))
-    new = out[0, n:]
+    new = _generate(agent, enc)[0, n:]
     return agent.tokenizer.decode(new, skip_special_tokens=True).strip(), n, int(new.shape[0])
 
 def _endpoint_reply(agent, messages):
@@ -131,14 +154,56 @@ def reply(self:Agent, messages:list) -> dict:
     self.last = dict(text=text, latency=time.perf_counter() - t, prompt_tokens=pt, completion_tokens=ct)
     return dict(self.last)
 
+# %% ../nbs/04_chat.ipynb #f52a8e9b
+def _stop_at(ids, stops):
+    "`ids` up to and including the first stop token (a batch row goes on with padding after its reply ends)."
+    for k, t in enumerate(ids):
+        if t in stops: return ids[:k + 1]
+    return ids
+
+def _local_replies(agent, conversations):
+    import torch
+    from subterranean.train import stop_token_ids
+    tok = agent.tokenizer; side = tok.padding_side
+    texts = [tok.apply_chat_template(agent.messages(c), tokenize=False, add_generation_prompt=True)
+             if getattr(tok, "chat_template", None) else _plain_prompt(agent.messages(c)) for c in conversations]
+    try:   # left padding, with the end of sequence as pad where the tokenizer has none; both put back after
+        tok.padding_side, pad = "left", tok.pad_token
+        if pad is None: tok.pad_token = tok.eos_token
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(agent.model.device)
+    finally: tok.padding_side, tok.pad_token = side, pad
+    with torch.no_grad(): out = agent.model.generate(**_gen_kw(agent, enc))
+    n, stops = enc["input_ids"].shape[1], set(stop_token_ids(tok) or [tok.eos_token_id])
+    res = []
+    for row, mask in zip(out[:, n:].tolist(), enc["attention_mask"]):
+        new = _stop_at(row, stops)
+        res.append((tok.decode(new, skip_special_tokens=True).strip(), int(mask.sum()), len(new)))
+    return res
+
+@patch
+def replies(self:Agent, conversations:list, # each a list of messages (as for `reply`)
+            batch_size:int=16 # conversations per `generate` call (local) or requests in flight (endpoint)
+           ) -> list:
+    "The agent's next turn in each of `conversations`, as `reply`'s dicts; batched for a local model."
+    from concurrent.futures import ThreadPoolExecutor
+    recs = []
+    for k in range(0, len(conversations), batch_size):
+        part, t = conversations[k:k + batch_size], time.perf_counter()
+        if self.client:
+            with ThreadPoolExecutor(min(batch_size, len(part))) as ex:
+                out = list(ex.map(lambda m: _endpoint_reply(self, m), part))
+        else: out = _local_replies(self, part)
+        dt = time.perf_counter() - t
+        recs += [dict(text=x, latency=dt, prompt_tokens=pt, completion_tokens=ct) for x, pt, ct in out]
+    if recs: self.last = dict(recs[-1])
+    return recs
+
 # %% ../nbs/04_chat.ipynb #b9c2b995
 def _local_stream(agent, messages, box):
-    import torch
     from transformers import TextIteratorStreamer
     enc = _encode(agent, messages); box["pt"] = enc["input_ids"].shape[1]
     st = TextIteratorStreamer(agent.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    def work():
-        with torch.no_grad(): box["out"] = agent.model.generate(**_gen_kw(agent, enc), streamer=st)
+    def work(): box["out"] = _generate(agent, enc, streamer=st)
     th = threading.Thread(target=work, daemon=True); th.start()
     yield from st
     th.join()

@@ -68,10 +68,27 @@ def simulate(agent:Agent, # the agent under test
                 agent=agent.name)
 
 # %% auto #0
-__all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', 'adherence', 'value_tokens', 'slot_specs',
-           'find_values', 'slot_fidelity', 'task_success', 'conversation_cost', 'JudgeError', 'judge_prompt',
-           'parse_judgement', 'judge', 'bootstrap_ci', 'wilcoxon_p', 'mann_whitney_p', 'cohens_d', 'holm',
-           'evaluate_agents', 'report_markdown', 'report']
+__all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', 'simulate_many', 'adherence', 'value_tokens',
+           'slot_specs', 'find_values', 'slot_fidelity', 'task_success', 'conversation_cost', 'JudgeError',
+           'judge_prompt', 'parse_judgement', 'judge', 'bootstrap_ci', 'wilcoxon_p', 'mann_whitney_p', 'cohens_d',
+           'holm', 'evaluate_agents', 'report_markdown', 'report']
+
+# %% ../nbs/05_evaluate.ipynb #8d63eaf8
+def simulate_many(agent:Agent, # the agent under test
+                  G:nx.DiGraph, # the workflow
+                  scenarios:list, # from `sample_scenarios`
+                  batch_size:int=16 # conversations answered together
+                 ) -> list:
+    "`simulate` with the scripted user for every scenario, each turn of all conversations answered in batches."
+    scripts = [scripted_user(G, sc) for sc in scenarios]
+    hists, turns = [[] for _ in scenarios], [[] for _ in scenarios]
+    for j in range(max(map(len, scripts), default=0)):
+        live = [k for k, s in enumerate(scripts) if j < len(s)]
+        for k in live: hists[k].append({"role": "user", "content": scripts[k][j]})
+        for k, r in zip(live, agent.replies([hists[k] for k in live], batch_size)):
+            turns[k].append(r); hists[k].append({"role": "assistant", "content": r["text"]})
+    return [dict(messages=[{"role": "system", "content": agent.system}] + h, turns=t, scenario=sc, agent=agent.name)
+            for h, t, sc in zip(hists, turns, scenarios)]
 
 # %% ../nbs/05_evaluate.ipynb #6306ffdd
 def adherence(conversation, # dict with `messages`, or a list of messages
@@ -465,7 +482,8 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
                     user=None, # None: the scripted user; else a teacher playing the user
                     prices=None, # name -> (prompt, completion) $ per million tokens, or one pair for all
                     reference:str=None, # the condition the others are compared with (default "compiled" or the first)
-                    progress:bool=True # show a progress bar
+                    progress:bool=True, # show a progress bar
+                    batch_size:int=None # conversations answered together; None: 16 on a GPU or endpoint, 1 on a CPU
                    ) -> dict:
     "Run, judge and measure every agent on `scenarios`; dict(conversations, summary, comparisons, reference)."
     from tqdm.auto import tqdm
@@ -474,14 +492,18 @@ def evaluate_agents(agents:dict, # name -> Agent, e.g. {"base": ..., "compiled":
     bar = tqdm(total=len(agents) * len(scenarios), desc="evaluate", disable=not progress)
     for n, ag in agents.items():
         pr = prices.get(n) if isinstance(prices, dict) else prices
-        for sc in scenarios:
-            c = simulate(ag, G, sc, user=user)
-            c["adherence"] = adherence(c, G, sc["path"], sc.get("slots"))
-            c["slot_fidelity"] = slot_fidelity(c, G, sc, specs)
-            c["task_success"] = task_success(c["adherence"], c["slot_fidelity"])
-            c["cost"] = conversation_cost(c["turns"], pr)
-            if judged: c["judgement"] = judge(c, G, judge_teacher, sc)
-            convs[n].append(c); bar.update(1)
+        step = batch_size or (16 if ag.client or ag.model.device.type != "cpu" else 1)
+        if user is not None: step = 1                                     # a simulated LLM user: one at a time
+        for k in range(0, len(scenarios), step):
+            part = scenarios[k:k + step]
+            done = simulate_many(ag, G, part, step) if step > 1 else [simulate(ag, G, part[0], user=user)]
+            for sc, c in zip(part, done):
+                c["adherence"] = adherence(c, G, sc["path"], sc.get("slots"))
+                c["slot_fidelity"] = slot_fidelity(c, G, sc, specs)
+                c["task_success"] = task_success(c["adherence"], c["slot_fidelity"])
+                c["cost"] = conversation_cost(c["turns"], pr)
+                if judged: c["judgement"] = judge(c, G, judge_teacher, sc)
+                convs[n].append(c); bar.update(1)
     bar.close()
     ref = reference or ("compiled" if "compiled" in agents else next(iter(agents)))
     if ref not in agents:

@@ -13,8 +13,9 @@ from fakeserver import FakeChatServer
 from subterranean.workflow import load_workflow, example_path, turn_nodes
 from subterranean.generate import OpenAITeacher, turn_plan
 from subterranean.chat import Agent, ChatArena, compare, scripted_user, system_prompt
-from subterranean.evaluate import (CRITERIA, JudgeError, judge, parse_judgement, bootstrap_ci, wilcoxon_p, mann_whitney_p,
-                                   cohens_d, holm, adherence, simulate, conversation_cost, evaluate_agents, report)
+from subterranean.evaluate import (CRITERIA, JudgeError, judge, parse_judgement, bootstrap_ci, wilcoxon_p,
+                                   mann_whitney_p, cohens_d, holm, adherence, simulate, simulate_many, conversation_cost,
+                                   evaluate_agents, report)
 
 ROOT = Path(__file__).parent.parent
 
@@ -249,6 +250,38 @@ def test_evaluate_agents_and_report(G, scenario, tmp_path):
     assert "| Slot fidelity (details right) |" in rep["markdown"]
     assert "| Task success (judge-free) | 0.00 [0.00, 0.00] |" in rep["markdown"]
     assert json.loads((tmp_path / "run" / "report.json").read_text())["summary"]["compiled"]["n"] == 4
+
+def test_evaluate_endpoint_requests_in_parallel(G):
+    "The scripted-user evaluation of an endpoint agent sends each turn of many conversations at once."
+    from subterranean.paths import sample_scenarios
+    flight, peak, lock = [0], [0], __import__("threading").Lock()
+    def reply(req, n):                                  # deterministic per request; counts requests in flight
+        with lock: flight[0] += 1; peak[0] = max(peak[0], flight[0])
+        time.sleep(0.05)
+        with lock: flight[0] -= 1
+        return f"Noted: {req['messages'][-1]['content'][-25:]}"
+    scs = sample_scenarios(G, 6, seed=5)
+    with FakeChatServer(reply=reply) as srv:
+        ag = Agent(G=G, base_url=srv.url, endpoint_model="m")
+        many = evaluate_agents({"compiled": ag}, G, scs, progress=False)   # an endpoint: 16 at a time by default
+        assert peak[0] > 1 and srv.requests == sum(len(scripted_user(G, s)) for s in scs)
+        peak[0] = 0
+        one = evaluate_agents({"compiled": ag}, G, scs, progress=False, batch_size=1)
+        assert peak[0] == 1                                               # batch_size=1: one request at a time
+    msgs = lambda r: [c["messages"] for c in r["conversations"]["compiled"]]
+    assert msgs(many) == msgs(one) and simulate_many(ag, G, [], 4) == []
+
+def test_local_batched_and_cached_replies_match(G, local, scenario):
+    "Batched generation (left-padded) and the reused KV cache give the replies a fresh one-at-a-time run gives."
+    m, tok = local
+    scs = [dict(scenario, seed=i) for i in range(3)]
+    fresh = Agent(m, tok, G, "in-context", max_new_tokens=6, reuse_cache=False)
+    cached = Agent(m, tok, G, "in-context", max_new_tokens=6)
+    want = [simulate(fresh, G, s)["messages"] for s in scs]
+    assert [simulate(cached, G, s)["messages"] for s in scs] == want
+    ids, cache = cached.kv
+    assert cache.get_seq_length() == len(ids) - 1 and fresh.kv is None
+    assert [c["messages"] for c in simulate_many(fresh, G, scs, batch_size=2)] == want
 
 # ---- a real OpenAI-compatible server: `transformers serve` ------------------------------------------------------
 

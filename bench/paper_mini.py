@@ -10,9 +10,8 @@ interval, and prompt tokens and latency per turn with theirs.
 Prints JSON; writes OUT/paper_mini.md (the table), OUT/paper_mini.png (the bar chart), OUT/paper_mini.json, and one
 OUT/conditions/NAME.json per condition as it finishes: a rerun with the same --out skips finished conditions and
 trained models, so an interrupted run resumes.
-Run (about 80 minutes on 2 CPU cores):
-  MPLBACKEND=Agg TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 \
-    nice .venv/bin/python bench/paper_mini.py --out runs/paper_mini [--threads 1 on a CPU other jobs share]
+Run (about 95 minutes on 2 CPU cores, two worker processes; each condition can also run alone with --conditions):
+  .venv/bin/python bench/paper_mini.py --out runs/paper_mini
 """
 import argparse, json, os, platform, time
 from pathlib import Path
@@ -87,11 +86,13 @@ def table(recs):
     def fmt(v):
         if isinstance(v, dict): return f"{v['mean']:.2f} [{v['ci'][0]:.2f}, {v['ci'][1]:.2f}]"
         return f"{v:.3g}" if isinstance(v, float) else str(v)
-    keys = [k for k, v in recs[names[0]]["summary"].items() if isinstance(v, dict)]
+    keys = [k for k, v in recs[names[0]]["summary"].items() if isinstance(v, dict) and "mean" in v]
     rows = [(k, [recs[n]["summary"].get(k) for n in names]) for k in keys]
     rows += [(k, [recs[n][k] for n in names]) for k in PER_TURN]
     rest = [k for k, v in recs[names[0]]["summary"].items() if not isinstance(v, dict) and k not in PER_TURN + ("n",)]
     rows += [(k, [recs[n]["summary"].get(k) for n in names]) for k in rest]   # per conversation
+    sv = lambda v: f"{v['right']}/{v['stated']} ({v['wrong']}, {v['invented']})" if v else None
+    rows += [("slot values right/stated (wrong, invented)", [sv(recs[n]["summary"].get("slot_values")) for n in names])]
     rows += [("train minutes", [round(recs[n]["train"]["train_s"] / 60, 1) if recs[n]["train"] else "-"
                                 for n in names])]
     out = [f"| metric (95% CI), {recs[names[0]]['summary']['n']} held-out scenarios | " + " | ".join(names) + " |",
@@ -103,7 +104,7 @@ def chart(recs, path):
     "Bars with intervals: the share metrics (adherence, right end, slot fidelity, task success) per condition."
     import numpy as np, matplotlib.pyplot as plt
     names = list(recs)
-    keys = [k for k, v in recs[names[0]]["summary"].items() if isinstance(v, dict) and 0 <= v["mean"] <= 1]
+    keys = [k for k, v in recs[names[0]]["summary"].items() if isinstance(v, dict) and 0 <= v.get("mean", -1) <= 1]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), dpi=80, gridspec_kw=dict(width_ratios=[3, 1]))
     w, x = 0.8 / len(names), np.arange(len(keys))
     for i, n in enumerate(names):
@@ -117,19 +118,50 @@ def chart(recs, path):
     ax2.set_title("prompt tokens per turn")
     fig.tight_layout(); fig.savefig(path); plt.close(fig)
 
+MINUTES = {"base": 25, "in-context": 40}   # rough cost of a condition on one thread (a compiled one: ~30)
+
+def run_workers(todo, a):
+    "Run the conditions in `todo` in `a.workers` child processes of this script (longest first, least-loaded worker)."
+    import subprocess, sys
+    groups, load = [[] for _ in range(min(a.workers, len(todo)))], [0] * min(a.workers, len(todo))
+    for n in sorted(todo, key=lambda n: -MINUTES.get(n, 30)):
+        k = load.index(min(load)); groups[k].append(n); load[k] += MINUTES.get(n, 30)
+    logs = Path(a.out)/"logs"; logs.mkdir(parents=True, exist_ok=True)
+    args = [f"--out={a.out}", f"--n={a.n}", f"--scenarios={a.scenarios}", f"--max-new-tokens={a.max_new_tokens}",
+            f"--seed={a.seed}", f"--threads={a.threads or 1}", "--workers=1", "--quiet", "--worker"]
+    args += [f"--epochs={a.epochs}"] if a.epochs else []
+    env = dict(os.environ, OMP_NUM_THREADS=str(a.threads or 1))
+    procs = [(g, subprocess.Popen([sys.executable, __file__, *args, "--conditions=" + ",".join(g)], env=env,
+                                  stdout=open(logs/f"worker{k}.log", "w"), stderr=subprocess.STDOUT))
+             for k, g in enumerate(groups)]
+    print(f"[paper_mini] {len(procs)} workers: {' | '.join(','.join(g) for g in groups)} (logs in {logs})", flush=True)
+    for g, pr in procs:
+        if pr.wait(): raise SystemExit(f"[paper_mini] the worker for {','.join(g)} failed: see {logs}")
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/paper_mini", help="results folder (a rerun resumes there)")
-    p.add_argument("--n", type=int, default=300, help="template conversations generated (10%% held out by path)")
+    p.add_argument("--n", type=int, default=120,
+                   help="template conversations generated, 10%% held out by path (108 to train on: one epoch of each "
+                        "compile takes ~14 minutes on one thread)")
     p.add_argument("--scenarios", type=int, default=30, help="held-out scenarios per condition")
     p.add_argument("--conditions", default=",".join(CONDITIONS), help="a comma-separated subset of the default")
     p.add_argument("--epochs", type=float, default=None, help="override every compile's epochs (a quick run)")
-    p.add_argument("--max-new-tokens", type=int, default=80, help="longest reply (template turns: ~47 tokens)")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="longest reply (template turns: ~47 tokens)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: torch's); 1 is far faster on a CPU that other jobs share")
+                   help="torch threads (default: torch's; 1 with --workers > 1)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="processes running the unfinished conditions side by side, one torch thread each (generating "
+                        "one reply at a time, a 135M model uses a second thread poorly: 16 against 14 tokens/s)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # run the conditions, write no table
     a = p.parse_args()
+    names = a.conditions.split(",")
+    bad = [n for n in names if n not in CONDITIONS]
+    if bad: p.error(f"--conditions: unknown condition(s) {', '.join(bad)} (use {', '.join(CONDITIONS)})")
+    todo = [n for n in names if not (Path(a.out)/"conditions"/f"{n}.json").exists()]
+    if a.workers > 1 and len(todo) > 1: run_workers(todo, a)
     import torch
     if a.threads: torch.set_num_threads(a.threads)
     from transformers.utils import logging; logging.set_verbosity_error()
@@ -151,14 +183,14 @@ def main():
             cache["mt"] = (m, fix_special_tokens(AutoTokenizer.from_pretrained(d), m))
         return cache["mt"]
     recs = {}
-    for name in a.conditions.split(","):
-        if name not in CONDITIONS: p.error(f"--conditions: unknown condition {name!r} (use {', '.join(CONDITIONS)})")
+    for name in names:
         recs[name] = run_condition(name, G, scenarios, sp, out, a, base)
         s = recs[name]["summary"]
         m = lambda k: s[k]["mean"]
         print(f"{name}: adherence {m('adherence_accuracy'):.3f}, right end {m('adherence_right_end'):.3f}, "
               f"{recs[name]['prompt_tokens_per_turn']['mean']:.0f} prompt tokens/turn ({time.time() - t0:.0f} s)",
               flush=True)
+    if a.worker: return
     md = table(recs)
     ic = recs.get("in-context")
     goals = {}

@@ -95,11 +95,15 @@ def from_dir(cls:Agent, path, # a model directory written by `compile_model` (or
     return cls(model, tok, G=G, mode=mode, **kw)
 
 # %% ../nbs/04_chat.ipynb #5ea9a400
-def _encode(agent, messages):
+def _prompt_text(agent, messages):
+    "The text a local model is prompted with: its chat template over the agent's messages, or a plain prompt."
     tok, msgs = agent.tokenizer, agent.messages(messages)
-    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) if getattr(tok, "chat_template",
-        None) else _plain_prompt(msgs)
-    return tok(text, return_tensors="pt", add_special_tokens=False).to(agent.model.device)
+    if not getattr(tok, "chat_template", None): return _plain_prompt(msgs)
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+def _encode(agent, messages):
+    return agent.tokenizer(_prompt_text(agent, messages), return_tensors="pt",
+                           add_special_tokens=False).to(agent.model.device)
 
 def _gen_kw(agent, enc):
     tok = agent.tokenizer
@@ -165,8 +169,7 @@ def _local_replies(agent, conversations):
     import torch
     from subterranean.train import stop_token_ids
     tok = agent.tokenizer; side = tok.padding_side
-    texts = [tok.apply_chat_template(agent.messages(c), tokenize=False, add_generation_prompt=True)
-             if getattr(tok, "chat_template", None) else _plain_prompt(agent.messages(c)) for c in conversations]
+    texts = [_prompt_text(agent, c) for c in conversations]
     try:   # left padding, with the end of sequence as pad where the tokenizer has none; both put back after
         tok.padding_side, pad = "left", tok.pad_token
         if pad is None: tok.pad_token = tok.eos_token

@@ -281,20 +281,22 @@ def prepare_dataset(ds, # conversations: a `messages` column
 def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages` column)
                      out_dir=None, # where to save model and tokenizer (default: not saved)
                      layers:int=4, # decoder layers
-                     hidden:int=256, # hidden width (one attention head per 64)
+                     hidden:int=256, # hidden width
                      vocab_size:int=2048, # tokenizer vocabulary size
                      max_len:int=2048, # longest sequence (position embeddings)
-                     seed:int=0 # seed of the initial weights
+                     seed:int=0, # seed of the initial weights
+                     head_dim:int=32, # width of one attention head (hidden // head_dim heads)
+                     tie:bool=True # one matrix for the input embeddings and the output layer
                     ):
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     tok = from_main(train_tokenizer, ds, vocab_size)        # trained once, in the main process: the same in every one
     torch.manual_seed(seed)
-    heads = max(1, hidden//64)
+    heads = max(1, hidden//head_dim)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=(hidden*8//3 + 63)//64*64,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=max_len, tie_word_embeddings=False, rope_theta=10000.0,
+                      max_position_embeddings=max_len, tie_word_embeddings=tie, rope_theta=10000.0,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id

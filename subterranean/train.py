@@ -659,6 +659,9 @@ def train(model, # the model to train (from `start_model`)
                      use_cpu=not torch.cuda.is_available(),
                      dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, max_length=None,
                      packing=False, dataloader_num_workers=0, train_sampling_strategy="group_by_length")
+    tied = getattr(model, "_tied_weights_keys", None)
+    if getattr(model.config, "tie_word_embeddings", False) and tied and not model._keys_to_ignore_on_save:
+        model._keys_to_ignore_on_save = list(tied)   # a checkpoint holds tied weights once: reloading it re-ties them
     coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
     cbs = [checkpointer(fingerprint, save_steps, save_minutes, log, resume_from),
            *([loss_bar()] if progress and is_main_process() else []), *(callbacks or [])]

@@ -8,7 +8,7 @@ trained with `train` on `--n` conversations, then greedy-decodes 200 held-out on
 and months repeated right (chance 1/12), steps, training seconds.
 Run: .venv/bin/python bench/copy_check.py [--fill 4] [--init 0.1] [--lr 1e-3] [--epochs 2]
 """
-import argparse, json, os, random, tempfile, time
+import argparse, json, os, random, re, tempfile, time
 for k, v in dict(MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1").items():
     os.environ.setdefault(k, v)
 import warnings; warnings.filterwarnings("ignore")
@@ -46,7 +46,8 @@ def main():
     rng = random.Random(a.seed)
     ds = Dataset.from_list([{"messages": conversation(rng, rng.randint(0, a.fill))} for _ in range(a.n)])
     test = [conversation(rng, rng.randint(0, a.fill)) for _ in range(200)]
-    cfg = CompileConfig(backend="tiny", output_dir=tempfile.mkdtemp(), seed=a.seed,
+    tmp = tempfile.TemporaryDirectory()                  # the trainer's checkpoints, removed at exit
+    cfg = CompileConfig(backend="tiny", output_dir=tmp.name, seed=a.seed,
                         **dict(TINY_DEFAULTS, epochs=a.epochs, learning_rate=a.lr))
     model, tok = build_tiny_model(ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab, 1024, a.seed)
     with torch.no_grad():                                  # the same init as the model's own, at another scale
@@ -60,11 +61,11 @@ def main():
         enc = tok.apply_chat_template(c[:-1], add_generation_prompt=True, return_tensors="pt", return_dict=True)
         out = model.generate(**enc, max_new_tokens=16, do_sample=False)
         reply = tok.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        want = c[-1]["content"]
-        m, city = want.split(" in ")[1].split(" ")[0], want.split(" for ")[1].split(".")[0]
+        m, city = re.search(r"in (\w+) for (\w+)\.", c[-1]["content"]).groups()
         right += (f"in {m} " in reply) + (f"for {city}." in reply)
     print(json.dumps(dict(fill=a.fill, n=a.n, epochs=a.epochs, lr=a.lr, init=a.init, seed=a.seed,
                           steps=tr.state.global_step, train_s=round(t1 - t0, 1), copied=round(right / 400, 4),
                           chance=round(1 / 12, 4), example=reply, torch_threads=torch.get_num_threads())))
+    tmp.cleanup()
 
 if __name__ == "__main__": main()

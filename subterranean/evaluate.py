@@ -69,9 +69,9 @@ def simulate(agent:Agent, # the agent under test
 
 # %% auto #0
 __all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', 'simulate_many', 'adherence', 'value_tokens',
-           'slot_specs', 'find_values', 'slot_fidelity', 'task_success', 'conversation_cost', 'JudgeError',
-           'judge_prompt', 'parse_judgement', 'judge', 'bootstrap_ci', 'wilcoxon_p', 'mann_whitney_p', 'cohens_d',
-           'holm', 'evaluate_agents', 'report_markdown', 'report']
+           'slot_specs', 'find_values', 'slot_fidelity', 'task_success', 'copy_drills', 'conversation_cost',
+           'JudgeError', 'judge_prompt', 'parse_judgement', 'judge', 'bootstrap_ci', 'wilcoxon_p', 'mann_whitney_p',
+           'cohens_d', 'holm', 'evaluate_agents', 'report_markdown', 'report']
 
 # %% ../nbs/05_evaluate.ipynb #8d63eaf8
 def simulate_many(agent:Agent, # the agent under test
@@ -124,8 +124,8 @@ _STOP = {"a", "an", "and", "or", "to", "of", "the", "in", "on", "at", "for", "fr
 def _is_num(v): return (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, str) and v.strip().isdigit())
 
 def _unit(rest):
-    "The unit right after a number: its next word, or two words when the first is short (`of us`)."
-    ws = re.match(r"\s+([^\W\d_]+)(?:\s+([^\W\d_]+))?", rest)
+    "The unit right after a number: its next word (`4-star`: star), or two words when the first is short (`of us`)."
+    ws = re.match(r"(?:\s+|-)([^\W\d_]+)(?:\s+([^\W\d_]+))?", rest)
     if not ws: return None
     return f"{ws[1]} {ws[2]}".lower() if len(ws[1]) <= 2 and ws[2] else ws[1].lower()
 
@@ -247,6 +247,8 @@ def _judge_value(f, node, G, specs, slots, known):
         amount = (f["prefix"] in tuple("$€£¥₹") or f["unit"] == "%"
                   or f["unit"] in {u for _, u in facts if u not in _STOP})
         of = [k for k in ks if _of_slot(specs[k], v)]
+        if (f["by"] != "unit" and f["unit"] and _states(_figures(script), v, f["unit"], True)    # "4-star hotel"
+                and not _states(facts, v, f["unit"], True)): return "script", None
         if any(map(right, ks)): return "right", next(filter(right, ks))
         if _states(facts, v, f["unit"], strict): return "right", "knowledge"
         if _states(_figures(script), v, f["unit"], strict): return "script", None
@@ -269,7 +271,8 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
     slots = scenario_slots(scenario or {})
     specs = specs or slot_specs(G)
     given, issued, details, turn = {k: set() for k in specs}, {k: set() for k in specs}, [], 0
-    for m in msgs:
+    source = {}                                   # (slot, value) -> the message where the customer last gave it
+    for i, m in enumerate(msgs):
         if m["role"] not in ("user", "assistant"): continue
         found = find_values(m["content"], G, slots, specs)
         if m["role"] == "user":
@@ -277,7 +280,7 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
                 ks = f["slots"] + ([k for k, s in specs.items() if s["numeric"] and (
                     _key(slots.get(k, "")) == f["value"] or (s["values"] and _of_slot(s, f["value"])))]
                                    if f["kind"] == "number" else [])
-                for k in ks: given[k].add(_key(f["value"]))
+                for k in ks: given[k].add(_key(f["value"])); source[k, _key(f["value"])] = i
             continue
         node = match_node(m["content"], G, slots)[0]
         for f in found:
@@ -286,7 +289,9 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
             if kind is None: continue
             if kind == "issued": issued[slot].add(_key(f["value"]))
             details.append(dict(turn=turn, node=node, slot=slot, value=f["value"], kind=kind,
-                                expected=sorted(known[slot]) if slot in known else None))
+                                expected=sorted(known[slot]) if slot in known else None,
+                                message=i, start=f["start"], end=f["end"],
+                                source=source.get((slot, _key(f["value"]))) if kind == "right" else None))
         turn += 1
     n = {k: sum(d["kind"] == k for d in details) for k in ("right", "wrong", "invented", "issued", "script")}
     stated = n["right"] + n["wrong"] + n["invented"]
@@ -302,6 +307,25 @@ def task_success(adh:dict, # from `adherence`
     kept = fid["wrong"] + fid["invented"] == 0
     return dict(success=bool(adh["right_end"] and in_order and kept), right_end=bool(adh["right_end"]),
                 in_order=in_order, details_kept=kept)
+
+# %% ../nbs/05_evaluate.ipynb #d23a5538
+def copy_drills(conversation, # dict with `messages`, or a list of messages
+                G:nx.DiGraph, # the workflow
+                scenario:dict, # with `slots` (a dict, or its JSON)
+                specs:dict=None # `slot_specs(G)`, when already made
+               ) -> list:
+    "dict(messages, spans) per assistant turn repeating values the customer gave: a short copy drill."
+    msgs = conversation["messages"] if isinstance(conversation, dict) else conversation
+    turns = {}
+    for d in slot_fidelity(msgs, G, scenario, specs)["details"]:
+        if d["source"] is not None: turns.setdefault(d["message"], []).append(d)
+    head, out = [msgs[0]] if msgs and msgs[0]["role"] == "system" else [], []
+    for i, ds in turns.items():
+        if msgs[i - 1]["role"] != "user": continue
+        keep = {j for d in ds for j in (d["source"], d["source"] + 1) if j < i - 1} | {i - 1}
+        out.append(dict(messages=head + [msgs[j] for j in sorted(keep)] + [msgs[i]],
+                        spans=sorted({(d["start"], d["end"]) for d in ds})))
+    return out
 
 # %% ../nbs/05_evaluate.ipynb #8065cfd3
 def conversation_cost(turns:list, # per-turn records with prompt_tokens, completion_tokens, latency

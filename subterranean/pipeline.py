@@ -331,6 +331,7 @@ def train_stage(data, # a DatasetDict with train and eval splits (or the folder 
         log(f"  training on {len(tr)} conversations ({len(sp['eval'])} held out): backend {cfg.backend}"
             + ("" if cfg.backend == "tiny" else f", base model {cfg.base_model}")
             + (f", on from {init_from} ({fresh} regenerated or new, {len(tr) - fresh} replayed)" if fresh else "")
+            + (f", {cfg.drill_epochs:g} epochs of copy drills first" if cfg.drill_epochs and init_from is None else "")
             + f", {cfg.epochs:g} epochs, global batch {b['global_batch']}"
             + (split if b["global_batch"] > b["batch_size"] else "")
             + f", about {math.ceil(steps)} steps")

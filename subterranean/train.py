@@ -350,7 +350,9 @@ def drill_dataset(ds, # conversations with `messages` and `scenario` columns (`g
     for r in ds:
         for d in copy_drills(r["messages"], G, r["scenario"], specs):
             full, spans = assistant_spans(d["messages"], tok)
-            enc, s0 = tok(full, add_special_tokens=False, return_offsets_mapping=True), spans[-1][0]
+            s0 = full.find(d["messages"][-1]["content"], spans[-1][0])   # where the turn's text starts
+            if s0 < 0: continue                                          # a template that rewrites the text
+            enc = tok(full, add_special_tokens=False, return_offsets_mapping=True)
             labels = [t if any(s0 + a < y and x < s0 + b for a, b in d["spans"]) else -100
                       for t, (x, y) in zip(enc["input_ids"], enc["offset_mapping"])]
             if len(labels) <= max_seq_length and any(l != -100 for l in labels):
@@ -857,7 +859,10 @@ def _check_init_from(init_from, out, backend):
 def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_steps, save_minutes, fp):
     "Train `model` on the copy drills of `train_ds` first, resuming their own checkpoints: (model, metrics)."
     t0, drills = time.time(), drill_dataset(train_ds, tok, G, cfg.max_seq_length)
-    if drills is None: return model, dict(drills=0)
+    if drills is None:
+        warnings.warn(f"drill_epochs={cfg.drill_epochs:g}: no copy drills made (they need the workflow and the data's "
+                      "`scenario` column); training on the conversations only")
+        return model, dict(drills=0)
     d, fp = Path(out)/"drills", fp + "-drills"
     with main_first():
         ck = resume_point(d/"checkpoints", fp, resume) if is_main_process() else (
@@ -869,8 +874,8 @@ def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_step
                           drill_steps=tr.state.global_step, drill_loss_last=losses[-1] if losses else None,
                           drill_s=round(time.time() - t0, 1))
 
-TINY_DEFAULTS = dict(epochs=5, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
-                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, drill_epochs=2, drill_learning_rate=1e-3)
+TINY_DEFAULTS = dict(epochs=6, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
+                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, drill_epochs=4, drill_learning_rate=1e-3)
 "Tuned settings for the tiny backend: 300 travel_booking conversations compile in under 5 minutes on 2 CPU cores."
 
 def compile_model(train_ds, # conversations (a `messages` column), e.g. from `generate_conversations`

@@ -856,6 +856,11 @@ def _check_init_from(init_from, out, backend):
     if backend == "tiny" and not (p/"config.json").exists():
         raise CompileError(f"init_from {p}: the tiny backend needs a model dir (config.json)")
 
+def _resume_from(root, fp, resume):
+    "The checkpoint under `root` a launch resumes from: the main process picks it and tidies, the others find it."
+    with main_first():
+        return resume_point(root, fp, resume) if is_main_process() else last_checkpoint(root, fp) if resume else None
+
 def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_steps, save_minutes, fp):
     "Train `model` on the copy drills of `train_ds` first, resuming their own checkpoints: (model, metrics)."
     t0, drills = time.time(), drill_dataset(train_ds, tok, G, cfg.max_seq_length)
@@ -864,9 +869,7 @@ def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_step
                       "`scenario` column); training on the conversations only")
         return model, dict(drills=0)
     d, fp = Path(out)/"drills", fp + "-drills"
-    with main_first():
-        ck = resume_point(d/"checkpoints", fp, resume) if is_main_process() else (
-            last_checkpoint(d/"checkpoints", fp) if resume else None)
+    ck = _resume_from(d/"checkpoints", fp, resume)
     dcfg = dataclasses.replace(cfg, epochs=cfg.drill_epochs, learning_rate=cfg.drill_learning_rate)
     tr = train(model, tok, drills, None, dcfg, d, progress, ck, save_steps, save_minutes, fp, desc="drills")
     losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
@@ -901,9 +904,7 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     if init_from is not None: _check_init_from(init_from, out, backend)
     t0 = time.time()
     fp = fingerprint(train_ds, eval_ds, cfg, init_from)
-    with main_first():                          # the main process picks the checkpoint and tidies; the others find it
-        ck = out/"checkpoints"
-        ckpt = resume_point(ck, fp, resume) if is_main_process() else last_checkpoint(ck, fp) if resume else None
+    ckpt = _resume_from(out/"checkpoints", fp, resume)
     model, tok = start_model(cfg, backend, train_ds, ckpt, init_from, G)
     tr_tok, stats = prepare_dataset(train_ds, tok, cfg.max_seq_length)
     drilled = {}

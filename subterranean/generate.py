@@ -357,22 +357,27 @@ class _Run:
     def __init__(self, budget_tokens=None, budget_usd=None, prices=None):
         self.budget_tokens, self.budget_usd, self.prices = budget_tokens, budget_usd, _prices(prices)
         self.tokens, self.usd, self.max_call, self.max_conv_tok, self.max_conv_usd = 0, 0.0, (0, 0.0), 0, 0.0
+        self.per_char, self.max_ct = 0.0, 0   # prompt tokens per prompt character, longest completion: the most seen
         self.reserved_tok, self.reserved_usd, self.in_flight, self.stopped = 0, 0.0, 0, False
         self.rejections, self.dropped, self.failed, self.errors = Counter(), 0, 0, []
     def cost(self, pt, ct): return pt * self.prices[0] / 1e6 + ct * self.prices[1] / 1e6
     def _over(self, tok, usd):
         return ((self.budget_tokens is not None and tok > self.budget_tokens) or
                 (self.budget_usd is not None and usd > self.budget_usd + 1e-12))
-    async def before_call(self) -> tuple:
-        "Reserve room for one more call (as big as the biggest so far), or stop when it would pass the budget."
+    def estimate(self, msgs:list, max_tokens:int=None) -> tuple:
+        "Tokens and dollars of a call on `msgs`: its prompt at the most tokens per character seen, then `max_tokens` (or the longest completion seen)."
+        pt, ct = math.ceil(_chars(msgs) * self.per_char), max_tokens or self.max_ct
+        return (pt + ct, self.cost(pt, ct))
+    async def before_call(self, msgs:list, max_tokens:int=None) -> tuple:
+        "Reserve room for one more call (sized by its prompt's length, `estimate`), or stop when it would pass the budget."
         if self.stopped: raise BudgetStop()
         if self.budget_tokens is None and self.budget_usd is None: return (0, 0.0)
         while self.in_flight and self.max_call == (0, 0.0): await asyncio.sleep(0.005)   # the first call sizes the rest
-        if self.stopped or self._over(self.tokens + self.reserved_tok + self.max_call[0],
-                                      self.usd + self.reserved_usd + self.max_call[1]):
+        held = self.estimate(msgs, max_tokens)
+        if self.stopped or self._over(self.tokens + self.reserved_tok + held[0], self.usd + self.reserved_usd + held[1]):
             self.stopped = True; raise BudgetStop()
-        self.in_flight += 1; self.reserved_tok += self.max_call[0]; self.reserved_usd += self.max_call[1]
-        return self.max_call
+        self.in_flight += 1; self.reserved_tok += held[0]; self.reserved_usd += held[1]
+        return held
     def release(self, held:tuple):
         "Give back what `before_call` reserved once its call has finished (or failed)."
         if self.budget_tokens is None and self.budget_usd is None: return
@@ -384,11 +389,15 @@ class _Run:
         usd = self.usd + (in_flight + 1) * self.max_conv_usd + self.max_call[1]
         if self._over(tok, usd): self.stopped = True
         return not self.stopped
-    def add(self, r):
+    def add(self, r, msgs:list):
         pt, ct = r.get("prompt_tokens", 0), r.get("completion_tokens", 0)
         c = self.cost(pt, ct); self.tokens += pt + ct; self.usd += c
         self.max_call = (max(self.max_call[0], pt + ct), max(self.max_call[1], c))
+        self.per_char = max(self.per_char, pt / max(1, _chars(msgs)))
+        self.max_ct = max(self.max_ct, ct)
         return pt, ct, c
+
+def _chars(msgs): return sum(len(m.get("content") or "") for m in msgs)
 
 def _prices(p):
     "(prompt, completion) US dollars per million tokens from a tuple or dict(prompt=..., completion=...)."
@@ -399,10 +408,10 @@ def _prices(p):
 async def _turn(teacher, msgs, ctx, role, G, history, run, st, tries, max_chars, grams):
     "One checked turn: ask `teacher` up to `tries` times; the accepted text, or None."
     for a in range(tries):
-        held = await run.before_call()
+        held = await run.before_call(msgs, getattr(teacher, "max_tokens", None))
         try: r = await teacher.chat(msgs, context={**ctx, "attempt": a})
         finally: run.release(held)
-        pt, ct, c = run.add(r)
+        pt, ct, c = run.add(r, msgs)
         st["calls"] += 1; st["prompt_tokens"] += pt; st["completion_tokens"] += ct; st["cost"] += c
         text = clean_turn(r["text"])
         why = check_turn(text, role, G, history, max_chars, grams)
@@ -1129,11 +1138,11 @@ async def _draft_one(teacher, G, ask, run, tries):
     "One drafting task: ask `teacher`, check the answer, and retry with the problem fed back; the checked answer."
     msgs, problems = _draft_messages(G, ask["task"](G)), []
     for a in range(tries):
-        held = await run.before_call()
+        held = await run.before_call(msgs, getattr(teacher, "max_tokens", None))
         ctx = dict(role="draft", node=ask["key"], lines=[ask["template"]], attempt=a)    # the template teacher's answer
         try: r = await teacher.chat(msgs, context=ctx)
         finally: run.release(held)
-        run.add(r)
+        run.add(r, msgs)
         try: return ask["parse"](r["text"])
         except ValueError as e:
             problems.append(str(e)); run.rejections["draft"] += 1

@@ -25,16 +25,19 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 
 install: $(STAMP)
 
+# nbdev-export rewrites pyproject.toml even when nothing changes: keep its time then, or the install would rerun.
 export: $(STAMP)
-	$(BIN)/nbdev-export
+	@cp -p pyproject.toml $(VENV)/pyproject.before; $(BIN)/nbdev-export; \
+	if cmp -s pyproject.toml $(VENV)/pyproject.before; then touch -r $(VENV)/pyproject.before pyproject.toml; fi
 
 readme: $(STAMP)
 	$(PY) tools/make_readme.py nbs/index.ipynb README.md
 
 # Fails when the notebooks export something other than what is committed in subterranean/.
 check-export: $(STAMP)
-	@tmp=$$(mktemp -d); cp -r subterranean $$tmp/before; \
+	@tmp=$$(mktemp -d); cp -r subterranean $$tmp/before; cp -p pyproject.toml $$tmp/; \
 	$(BIN)/nbdev-export; \
+	if cmp -s pyproject.toml $$tmp/pyproject.toml; then touch -r $$tmp/pyproject.toml pyproject.toml; fi; \
 	if ! diff -r -x __pycache__ $$tmp/before subterranean >$$tmp/diff; then \
 	  cat $$tmp/diff | head -50; \
 	  echo "subterranean/ differs from what nbs/ exports: run nbdev-export and commit both."; exit 1; fi; \

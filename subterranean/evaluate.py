@@ -240,8 +240,9 @@ def _judge_value(f, node, G, specs, slots, known):
     right = lambda k: known[k] and (v in known[k] or v == _key(slots.get(k, "")))
     if f["kind"] == "number":
         strict = f["by"] == "unit"                # "3 travellers" is a traveller count even where a line says "3-star"
-        ks += [k for k, s in specs.items()
-               if s["numeric"] and k not in ks and ((s["values"] and _of_slot(s, v)) or right(k))]
+        if not (strict and ks):                   # "6 nights" is a count of nights, even when 6 people travel
+            ks += [k for k, s in specs.items()
+                   if s["numeric"] and k not in ks and ((s["values"] and _of_slot(s, v)) or right(k))]
         facts = _figures(_facts(G, node))
         every = set().union(*[_figures(k["text"]) for k in G.graph.get("knowledge") or []])
         amount = (f["prefix"] in tuple("$€£¥₹") or f["unit"] == "%"

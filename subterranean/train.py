@@ -8,12 +8,13 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/train.html.md"""
 __all__ = ['CONFIG_FILE', 'PRESETS', 'CHATML', 'SPECIALS', 'SHIPPED', 'LINEAR', 'CHECKPOINT_MARK', 'SAVE_MINUTES', 'EPOCH_RNG',
            'TINY_DEFAULTS', 'CompileError', 'CompileConfig', 'check_output_dir', 'batch_plan', 'check_processes',
            'train_tokenizer', 'assistant_spans', 'tokenize_conversation', 'supervised_text', 'check_masking',
-           'prepare_dataset', 'build_tiny_model', 'seed_slot_embeddings', 'drill_dataset', 'cache_dir',
-           'stop_token_ids', 'fix_special_tokens', 'convert_gguf', 'offline_copy', 'resolve_model', 'mixed_precision',
-           'load_error', 'load_hf', 'train_only', 'upper_layers', 'load_unsloth', 'checkpoint_step', 'mark_checkpoint',
-           'checkpoint_complete', 'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing',
-           'peak_rss_mb', 'train', 'draw_loss', 'place_gguf', 'fingerprint', 'resume_point', 'start_model',
-           'compile_model', 'base_16bit', 'load_compiled', 'generate_replies', 'node_adherence', 'demo_models']
+           'prepare_dataset', 'build_tiny_model', 'seed_slot_embeddings', 'previous_token_head', 'drill_dataset',
+           'cache_dir', 'stop_token_ids', 'fix_special_tokens', 'convert_gguf', 'offline_copy', 'resolve_model',
+           'mixed_precision', 'load_error', 'load_hf', 'train_only', 'upper_layers', 'load_unsloth', 'checkpoint_step',
+           'mark_checkpoint', 'checkpoint_complete', 'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar',
+           'checkpointing', 'peak_rss_mb', 'train', 'draw_loss', 'place_gguf', 'fingerprint', 'resume_point',
+           'start_model', 'compile_model', 'base_16bit', 'load_compiled', 'generate_replies', 'node_adherence',
+           'demo_models']
 
 # %% ../nbs/03_train.ipynb #3622d72f
 import json, os, time, math, resource, warnings, dataclasses
@@ -75,6 +76,8 @@ class CompileConfig:
     tiny_hidden: int = field(default=256, metadata={"help": "tiny backend: hidden width"})
     tiny_vocab: int = field(default=2048, metadata={"help": "tiny backend: tokenizer vocabulary size"})
     tiny_init: float = field(default=0.02, metadata={"help": "tiny backend: standard deviation of the initial weights"})
+    tiny_prev_head: bool = field(default=False, metadata={
+        "help": "tiny backend: start one head of the first layer attending to the previous token (attention biases on)"})
     slot_prior: float = field(default=0.0, metadata={
         "help": "tiny backend: start each listed slot's value tokens with a shared direction of this size "
                 "(in embedding norms); 0: none"})
@@ -295,7 +298,8 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
                      seed:int=0, # seed of the initial weights
                      head_dim:int=32, # width of one attention head (hidden // head_dim heads)
                      tie:bool=True, # one matrix for the input embeddings and the output layer
-                     init:float=0.02 # standard deviation of the initial weights
+                     init:float=0.02, # standard deviation of the initial weights
+                     bias:bool=False # biases in the attention projections (`previous_token_head` needs them)
                     ):
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
@@ -307,7 +311,7 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                       max_position_embeddings=max_len, tie_word_embeddings=tie, rope_theta=10000.0,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      initializer_range=init)
+                      initializer_range=init, attention_bias=bias)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
     if out_dir and is_main_process(): model.save_pretrained(out_dir); tok.save_pretrained(out_dir)
@@ -335,6 +339,28 @@ def seed_slot_embeddings(model, # a model whose input embeddings to change (the 
     with torch.no_grad():
         for t, k in rows: emb[t] += size * dirs[k] / dirs[k].norm()
     return len(rows)
+
+# %% ../nbs/03_train.ipynb #0906d549
+def previous_token_head(model, # a Llama-style model with RoPE and attention biases (`build_tiny_model(bias=True)`)
+                        layer:int=0, # which layer's head
+                        head:int=0, # which head of that layer
+                        strength:float=40.0, # the score at distance 1 is `freqs * strength / sqrt(head_dim)`
+                        freqs:int=8 # how many of the fastest RoPE frequencies shape the peak
+                       ):
+    "Make one attention head attend to the token before each position: its query and key become constant RoPE phasors one step apart."
+    import math, torch
+    cfg, att = model.config, model.model.layers[layer].self_attn
+    if att.q_proj.bias is None: raise CompileError("previous_token_head needs attention biases (attention_bias=True)")
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    rows, half, a = slice(head * hd, (head + 1) * hd), hd // 2, math.sqrt(strength)
+    with torch.no_grad():
+        for p in (att.q_proj, att.k_proj): p.weight[rows] = 0; p.bias[rows] = 0
+        for f in range(min(freqs, half)):      # RoPE turns dims f and f + half together, by position * theta_f
+            th = base ** (-2 * f / hd)
+            att.q_proj.bias[head * hd + f] = a
+            att.k_proj.bias[head * hd + f], att.k_proj.bias[head * hd + f + half] = a * math.cos(th), a * math.sin(th)
+    return model
 
 # %% ../nbs/03_train.ipynb #e418017d
 def drill_dataset(ds, # conversations with `messages` and `scenario` columns (`generate_conversations`)
@@ -809,7 +835,9 @@ def start_model(cfg:CompileConfig, # the settings
         src = ckpt or init_from
         if src: return _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
         model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
-                                      max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init)
+                                      max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init,
+                                      bias=cfg.tiny_prev_head)
+        if cfg.tiny_prev_head: previous_token_head(model)
         if cfg.slot_prior and G is not None: seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed)
         return model, tok
     if backend == "unsloth":

@@ -353,13 +353,13 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
     if att.q_proj.bias is None: raise CompileError("previous_token_head needs attention biases (attention_bias=True)")
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
-    rows, half, a = slice(head * hd, (head + 1) * hd), hd // 2, math.sqrt(strength)
+    o, half, a = head * hd, hd // 2, math.sqrt(strength)       # the head's rows start at o
     with torch.no_grad():
-        for p in (att.q_proj, att.k_proj): p.weight[rows] = 0; p.bias[rows] = 0
+        for p in (att.q_proj, att.k_proj): p.weight[o:o + hd] = 0; p.bias[o:o + hd] = 0
         for f in range(min(freqs, half)):      # RoPE turns dims f and f + half together, by position * theta_f
             th = base ** (-2 * f / hd)
-            att.q_proj.bias[head * hd + f] = a
-            att.k_proj.bias[head * hd + f], att.k_proj.bias[head * hd + f + half] = a * math.cos(th), a * math.sin(th)
+            att.q_proj.bias[o + f] = a
+            att.k_proj.bias[o + f], att.k_proj.bias[o + f + half] = a * math.cos(th), a * math.sin(th)
     return model
 
 # %% ../nbs/03_train.ipynb #e418017d

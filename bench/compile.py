@@ -4,7 +4,7 @@ Generates `--n` conversations with the template teacher, compiles them with the 
 simulates the scripted user on `--eval-n` held-out scenarios (paths and seeds the model did not train on) and prints
 JSON: slot fidelity, judge-free task success, per-turn adherence and right end (each with its bootstrap 95% interval),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
-Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30]
+Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30] [--copy-heads]
 """
 import argparse, json, os, platform, tempfile, time
 for k, v in dict(MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1").items():
@@ -18,6 +18,8 @@ def main():
     p.add_argument("--eval-n", type=int, default=30, help="held-out scenarios simulated")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--out", default=None, help="model directory (default: a temporary one)")
+    p.add_argument("--copy-heads", action="store_true", help="add the heads built to copy (tiny_copy_head, "
+                   "tiny_prev_head, tiny_rope_theta=1e6) to TINY_DEFAULTS")
     a = p.parse_args()
     import torch
     from transformers.utils import logging; logging.set_verbosity_error()
@@ -34,6 +36,7 @@ def main():
     sp = split_conversations(convs, eval_frac=0.1, seed=0)
     t_data = time.time() - t0
     kw = dict(TINY_DEFAULTS, **({"epochs": a.epochs} if a.epochs else {}))
+    if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), **kw)
     res = compile_model(sp["train"], cfg, sp["eval"], G, progress=False)
     t1 = time.time()
@@ -41,7 +44,7 @@ def main():
     r = evaluate_agents({"compiled": Agent.from_dir(cfg.output_dir, G=G)}, G, scs, progress=False)
     S = r["summary"]["compiled"]
     fig = lambda k: dict(mean=round(S[k]["mean"], 4), ci=[round(x, 4) for x in S[k]["ci"]])
-    print(json.dumps(dict(workflow=G.graph.get("name"), backend="tiny", device="cpu",
+    print(json.dumps(dict(workflow=G.graph.get("name"), backend="tiny", copy_heads=a.copy_heads, device="cpu",
         torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), python=platform.python_version(),
         train_conversations=len(sp["train"]), heldout_scenarios=len(scs),
         slot_fidelity=fig("slot_fidelity"), task_success=fig("task_success_rate"), adherence=fig("adherence_accuracy"),

@@ -347,6 +347,7 @@ def train_line(m:dict) -> str:
     on = f" on {m['processes']} processes" if m.get("processes", 1) > 1 else ""
     prev = " on from the previous model" if m.get("init_from") else ""
     res = f", resumed at step {m['resumed_from_step']}" if m.get("resumed_from_step") else ""
+    if m.get("drill_resumed_from_step"): res = f", drills resumed at step {m['drill_resumed_from_step']}" + res
     return f"backend {m['backend']}{on}{prev}, {m['steps']} steps in {m['train_s']:.0f} s{res}{loss}{best}"
 
 # %% ../nbs/06_pipeline.ipynb #4a73c2ac
@@ -590,6 +591,8 @@ def compile_report(out, run:dict) -> tuple:
                f"epoch, {t['supervised_fraction']:.0%} of them supervised; peak memory {t['peak_rss_mb'] / 1024:.1f} "
                "GiB. "
                "Model: `model/`; loss curve: `loss.png`.", ""]
+        if t.get("drill_resumed_from_step"):
+            md[-2] += f" The copy drills resumed at step {t['drill_resumed_from_step']} (a checkpoint)."
         if t.get("resumed_from_step"): md[-2] += f" Training resumed at step {t['resumed_from_step']} (a checkpoint)."
     if (out/"eval"/"report.md").exists():
         md += ["#" + _tidy((out/"eval"/"report.md").read_text()).strip(), "", "Plots and conversations: `eval/`.", ""]

@@ -8,13 +8,12 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/train.html.md"""
 __all__ = ['CONFIG_FILE', 'PRESETS', 'CHATML', 'SPECIALS', 'SHIPPED', 'LINEAR', 'CHECKPOINT_MARK', 'SAVE_MINUTES', 'EPOCH_RNG',
            'TINY_DEFAULTS', 'CompileError', 'CompileConfig', 'check_output_dir', 'batch_plan', 'check_processes',
            'train_tokenizer', 'assistant_spans', 'tokenize_conversation', 'supervised_text', 'check_masking',
-           'prepare_dataset', 'build_tiny_model', 'seed_slot_embeddings', 'previous_token_head', 'drill_dataset',
-           'cache_dir', 'stop_token_ids', 'fix_special_tokens', 'convert_gguf', 'offline_copy', 'resolve_model',
-           'mixed_precision', 'load_error', 'load_hf', 'train_only', 'upper_layers', 'load_unsloth', 'checkpoint_step',
-           'mark_checkpoint', 'checkpoint_complete', 'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar',
-           'checkpointing', 'peak_rss_mb', 'train', 'draw_loss', 'place_gguf', 'fingerprint', 'resume_point',
-           'start_model', 'compile_model', 'base_16bit', 'load_compiled', 'generate_replies', 'node_adherence',
-           'demo_models']
+           'prepare_dataset', 'build_tiny_model', 'drill_dataset', 'cache_dir', 'stop_token_ids', 'fix_special_tokens',
+           'convert_gguf', 'offline_copy', 'resolve_model', 'mixed_precision', 'load_error', 'load_hf', 'train_only',
+           'upper_layers', 'load_unsloth', 'checkpoint_step', 'mark_checkpoint', 'checkpoint_complete',
+           'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing', 'peak_rss_mb', 'train',
+           'draw_loss', 'place_gguf', 'fingerprint', 'resume_point', 'start_model', 'compile_model', 'base_16bit',
+           'load_compiled', 'generate_replies', 'node_adherence', 'demo_models']
 
 # %% ../nbs/03_train.ipynb #3622d72f
 import json, os, time, math, resource, warnings, dataclasses
@@ -23,6 +22,7 @@ from pathlib import Path
 import networkx as nx
 from .distributed import world_size, local_rank, is_main_process, main_first, barrier, from_main
 from .distributed import sharding, quiet_others
+from .copying import seed_slot_embeddings, copy_head, previous_token_head, seed_unit_embeddings
 
 class CompileError(Exception):
     "A compile that cannot go on, with a one-line reason naming what is wrong and where."
@@ -78,6 +78,11 @@ class CompileConfig:
     tiny_init: float = field(default=0.02, metadata={"help": "tiny backend: standard deviation of the initial weights"})
     tiny_prev_head: bool = field(default=False, metadata={
         "help": "tiny backend: start one head of the first layer attending to the previous token (attention biases on)"})
+    tiny_copy_head: bool = field(default=False, metadata={
+        "help": "tiny backend: start one head of the last layer copying the listed slots' values from the context "
+                "(needs slot_prior)"})
+    tiny_rope_theta: float = field(default=10000.0, metadata={
+        "help": "tiny backend: RoPE base; a larger one turns the slow position dims (which the copy head reads) slower"})
     slot_prior: float = field(default=0.0, metadata={
         "help": "tiny backend: start each listed slot's value tokens with a shared direction of this size "
                 "(in embedding norms); 0: none"})
@@ -299,7 +304,8 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
                      head_dim:int=32, # width of one attention head (hidden // head_dim heads)
                      tie:bool=True, # one matrix for the input embeddings and the output layer
                      init:float=0.02, # standard deviation of the initial weights
-                     bias:bool=False # biases in the attention projections (`previous_token_head` needs them)
+                     bias:bool=False, # biases in the attention projections (`previous_token_head` needs them)
+                     rope_theta:float=10000.0 # RoPE base
                     ):
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
@@ -309,58 +315,13 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
     heads = max(1, hidden//head_dim)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=(hidden*8//3 + 63)//64*64,
                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                      max_position_embeddings=max_len, tie_word_embeddings=tie, rope_theta=10000.0,
+                      max_position_embeddings=max_len, tie_word_embeddings=tie, rope_theta=rope_theta,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                       initializer_range=init, attention_bias=bias)
     model = LlamaForCausalLM(cfg)
     model.generation_config.eos_token_id, model.generation_config.pad_token_id = tok.eos_token_id, tok.pad_token_id
     if out_dir and is_main_process(): model.save_pretrained(out_dir); tok.save_pretrained(out_dir)
     return model, tok
-
-# %% ../nbs/03_train.ipynb #cce9cdbd
-def seed_slot_embeddings(model, # a model whose input embeddings to change (the tiny model's)
-                         tok, # its tokenizer
-                         G:nx.DiGraph, # the workflow: its listed slots' values
-                         scale:float=1.0, # the shared direction's length, in mean embedding norms
-                         seed:int=0 # seed of the directions
-                        ) -> int:
-    "Add one random direction per listed slot to the embeddings of its values' word tokens; the rows changed."
-    import torch
-    from subterranean.evaluate import slot_specs
-    owners = {}
-    for k, s in slot_specs(G).items():
-        for v in [] if s["numeric"] else s["values"]:
-            for t in {t for x in (" " + v, v) for t in tok(x, add_special_tokens=False)["input_ids"]}:
-                w = tok.decode([t]).strip()
-                if len(w) > 1 and any(c.isalpha() for c in w): owners.setdefault(t, set()).add(k)
-    emb, g = model.get_input_embeddings().weight, torch.Generator().manual_seed(seed)
-    dirs = {k: torch.randn(emb.shape[1], generator=g) for k in sorted(set().union(*owners.values()))}
-    size, rows = scale * emb.detach().norm(dim=1).mean(), [(t, *ks) for t, ks in owners.items() if len(ks) == 1]
-    with torch.no_grad():
-        for t, k in rows: emb[t] += size * dirs[k] / dirs[k].norm()
-    return len(rows)
-
-# %% ../nbs/03_train.ipynb #0906d549
-def previous_token_head(model, # a Llama-style model with RoPE and attention biases (`build_tiny_model(bias=True)`)
-                        layer:int=0, # which layer's head
-                        head:int=0, # which head of that layer
-                        strength:float=40.0, # the score at distance 1 is `freqs * strength / sqrt(head_dim)`
-                        freqs:int=8 # how many of the fastest RoPE frequencies shape the peak
-                       ):
-    "Make one attention head attend to the token before each position: its query and key become constant RoPE phasors one step apart."
-    import math, torch
-    cfg, att = model.config, model.model.layers[layer].self_attn
-    if att.q_proj.bias is None: raise CompileError("previous_token_head needs attention biases (attention_bias=True)")
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
-    o, half, a = head * hd, hd // 2, math.sqrt(strength)       # the head's rows start at o
-    with torch.no_grad():
-        for p in (att.q_proj, att.k_proj): p.weight[o:o + hd] = 0; p.bias[o:o + hd] = 0
-        for f in range(min(freqs, half)):      # RoPE turns dims f and f + half together, by position * theta_f
-            th = base ** (-2 * f / hd)
-            att.q_proj.bias[o + f] = a
-            att.k_proj.bias[o + f], att.k_proj.bias[o + f + half] = a * math.cos(th), a * math.sin(th)
-    return model
 
 # %% ../nbs/03_train.ipynb #e418017d
 def drill_dataset(ds, # conversations with `messages` and `scenario` columns (`generate_conversations`)
@@ -834,11 +795,20 @@ def start_model(cfg:CompileConfig, # the settings
     if backend == "tiny":
         src = ckpt or init_from
         if src: return _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
+        if cfg.tiny_copy_head and not cfg.slot_prior:
+            raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds")
         model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
                                       max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init,
-                                      bias=cfg.tiny_prev_head)
-        if cfg.tiny_prev_head: previous_token_head(model)
-        if cfg.slot_prior and G is not None: seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed)
+                                      bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta)
+        carry = previous_token_head(model, carry=0.1 * cfg.tiny_copy_head, seed=cfg.seed) if cfg.tiny_prev_head else None
+        if cfg.slot_prior and G is not None:
+            dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed)
+            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed)
+            if cfg.tiny_copy_head and carry is not None and cfg.tiny_layers > 1 and model.config.num_attention_heads > 1:
+                # the number head (beside the copy head, after the previous-token head): units' directions, carried token
+                copy_head(model, seed_unit_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, carry), head=-2,
+                          value=carry, recency=0)
+        elif cfg.tiny_copy_head: warnings.warn("tiny_copy_head: no workflow given (G), so no slots to copy: none built")
         return model, tok
     if backend == "unsloth":
         return load_unsloth(dataclasses.replace(cfg, base_model=str(init_from)) if init_from else cfg)
@@ -901,9 +871,17 @@ def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_step
     dcfg = dataclasses.replace(cfg, epochs=cfg.drill_epochs, learning_rate=cfg.drill_learning_rate)
     tr = train(model, tok, drills, None, dcfg, d, progress, ck, save_steps, save_minutes, fp, desc="drills")
     losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
-    return tr.model, dict(drills=len(drills), drill_tokens=sum(map(len, drills["input_ids"])),
-                          drill_steps=tr.state.global_step, drill_loss_last=losses[-1] if losses else None,
-                          drill_s=round(time.time() - t0, 1))
+    m = dict(drills=len(drills), drill_tokens=sum(map(len, drills["input_ids"])), drill_steps=tr.state.global_step,
+             drill_loss_last=losses[-1] if losses else None, drill_s=round(time.time() - t0, 1),
+             drill_resumed_from_step=checkpoint_step(ck) if ck else None)
+    if is_main_process(): (d/"metrics.json").write_text(json.dumps(dict(m, fingerprint=fp)))
+    return tr.model, m
+
+def _drilled_before(out, fp) -> dict:
+    "The metrics of the drills a run resumed after its drills had: kept in `out/drills` until the compile ends."
+    p = Path(out)/"drills"/"metrics.json"
+    m = json.loads(p.read_text()) if p.exists() else {}
+    return {k: v for k, v in m.items() if k != "fingerprint"} if m.get("fingerprint") == fp + "-drills" else {}
 
 TINY_DEFAULTS = dict(epochs=6, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
                      tiny_layers=3, tiny_init=0.05, slot_prior=1.0, drill_epochs=4, drill_learning_rate=1e-3)
@@ -939,6 +917,7 @@ def compile_model(train_ds, # conversations (a `messages` column), e.g. from `ge
     if cfg.drill_epochs and ckpt is None and init_from is None:   # a resumed or incremental run has had its drills
         model, drilled = _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_steps, save_minutes,
                                        fp)
+    elif cfg.drill_epochs and ckpt is not None: drilled = _drilled_before(out, fp)
     ev_tok = prepare_dataset(eval_ds, tok, cfg.max_seq_length)[0] if eval_ds is not None and len(eval_ds) else None
     t1 = time.time()
     trainer = train(model, tok, tr_tok, ev_tok, cfg, out, progress, ckpt, save_steps, save_minutes, fp)

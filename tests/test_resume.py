@@ -86,20 +86,29 @@ def run_cli(*args):
     assert p.returncode == 0, p.stderr[-3000:]
     return p.stdout
 
+def kill_after_mark(out, marks, seen, rng):
+    "Start a compile into `out`, SIGKILL it at a random moment after a checkpoint newer than `seen` shows under `marks`."
+    p = subprocess.Popen(compile_cmd(TRAVEL, "--out", out, *SMALL, "--save-steps", 2), cwd=ROOT, env=_env(),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while p.poll() is None and newest_mark(marks) <= seen and time.time() - t0 < 300: time.sleep(0.02)
+    if p.poll() is not None: return None                        # it finished before a new checkpoint showed
+    time.sleep(rng.uniform(0, 0.6))
+    p.send_signal(signal.SIGKILL); p.wait()
+    return newest_mark(marks)
+
 def test_compile_killed_in_training_then_resumed(tmp_path):
     ref, out = tmp_path/"ref", tmp_path/"killed"
     ref_run = subprocess.Popen(compile_cmd(TRAVEL, "--out", ref, *SMALL), cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-    rng, kills, seen = random.Random(7), [], 0
-    for _ in range(3):                                          # bounded: at most 3 kills
-        p = subprocess.Popen(compile_cmd(TRAVEL, "--out", out, *SMALL, "--save-steps", 2), cwd=ROOT, env=_env(),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        t0 = time.time()
-        while p.poll() is None and newest_mark(out/"model") <= seen and time.time() - t0 < 300: time.sleep(0.02)
-        if p.poll() is not None: break
-        time.sleep(rng.uniform(0, 0.6))
-        p.send_signal(signal.SIGKILL); p.wait()
-        seen = newest_mark(out/"model"); kills.append(seen)
+    rng = random.Random(7)
+    drill_kill = kill_after_mark(out, out/"model"/"drills", 0, rng)   # first in the copy drills (the tiny default)
+    assert drill_kill and newest_mark(out/"model") == 0, drill_kill   # no checkpoint of the conversations yet
+    kills, seen = [], 0
+    for _ in range(3):                                          # then in the conversations, bounded: at most 3 kills
+        seen = kill_after_mark(out, out/"model", seen, rng)
+        if seen is None: break
+        kills.append(seen)
     assert len(kills) >= 2, f"only {len(kills)} kill(s) landed during training"
     final = run_cli(TRAVEL, "--out", out, *SMALL, "--save-steps", 2)
     ref_out, err = ref_run.communicate(timeout=900)
@@ -107,8 +116,11 @@ def test_compile_killed_in_training_then_resumed(tmp_path):
     m, r = (json.loads((d/"model"/"metrics.json").read_text()) for d in (out, ref))
     k = m["resumed_from_step"]
     assert k and k >= kills[-1] and r["resumed_from_step"] is None, (k, kills)
+    assert m["drill_resumed_from_step"] >= drill_kill and r["drill_resumed_from_step"] is None   # kept past the resume
+    assert m["drill_steps"] == r["drill_steps"] > drill_kill and m["drill_loss_last"] == pytest.approx(r["drill_loss_last"])
     train_line = next(l for l in final.splitlines() if l.startswith("[3/5] train:"))
-    assert f"resumed at step {k}" in train_line and f"resumed at step {k}" in (out/"report.md").read_text()
+    assert f"drills resumed at step {m['drill_resumed_from_step']}, resumed at step {k}" in train_line
+    assert f"resumed at step {k}" in (out/"report.md").read_text()
     assert "skipped" in next(l for l in final.splitlines() if l.startswith("[2/5] generate"))   # only training went on
     for key in ("steps", "train_loss_first", "train_loss_last", "best_eval_loss", "conversations", "tokens"):
         assert m[key] == pytest.approx(r[key], rel=1e-5), key

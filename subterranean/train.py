@@ -878,7 +878,7 @@ def _drills_first(model, tok, train_ds, G, cfg, out, progress, resume, save_step
     return tr.model, m
 
 def _drilled_before(out, fp) -> dict:
-    "The metrics of the drills a run resumed after its drills had: kept in `out/drills` until the compile ends."
+    "The drills' metrics, for a run resumed after them: `out/drills/metrics.json`, kept until the compile ends."
     p = Path(out)/"drills"/"metrics.json"
     m = json.loads(p.read_text()) if p.exists() else {}
     return {k: v for k, v in m.items() if k != "fingerprint"} if m.get("fingerprint") == fp + "-drills" else {}

@@ -145,8 +145,10 @@ def cmd_generate(args) -> int:
     "Generate conversations along the workflow's paths into --out (resuming from its cache)."
     G, gen, out = load_workflow(args.file), _generate_config(args), Path(args.out)
     ep = _endpoint(args)
-    _say(f"generating {gen.n} conversations of {G.graph.get('name')} with {teacher_name(ep, gen.seed)} into {out}")
-    with stage("generate", out): s = generate_stage(G, out, gen, make_teacher(ep, gen.seed), not args.quiet)
+    _say(f"generating {gen.n} conversations of {G.graph.get('name')} with {teacher_name(ep, gen.seed, gen.prefer_said)} "
+         f"into {out}")
+    with stage("generate", out):
+        s = generate_stage(G, out, gen, make_teacher(ep, gen.seed, gen.prefer_said), not args.quiet)
     _say(gen_line(s) + f"; {s['prompt_tokens'] + s['completion_tokens']:,} tokens, ${s['cost_usd']:.4f}")
     _say(f"wrote {out/'data'} (train/eval), {out/'conversations.jsonl'}, {out/'generation.json'}, {out/'coverage.png'}")
     return 0
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
               "--prices 0.4,1.6")
     dr.add_argument("file", metavar="FILE", help="a workflow YAML (or a flowchart `import` reads)")
     dr.add_argument("--out", required=True, metavar="FILE", help="the drafted workflow YAML")
-    config_args(dr, GenerateConfig, "drafting", skip=("n", "max_loops", "eval_frac"))
+    config_args(dr, GenerateConfig, "drafting", skip=("n", "max_loops", "eval_frac", "prefer_said"))
     _endpoint_args(dr); _common(dr); dr.set_defaults(func=cmd_draft)
     g = _sub(sub, "generate", "generate training conversations along a workflow's paths",
              "Generate conversations that walk every node and edge of the workflow: DIR/conversations.jsonl (a cache: "

@@ -13,7 +13,7 @@ from pathlib import Path
 import networkx as nx
 from fastcore.basics import patch
 from fastcore.meta import delegates
-from .workflow import fill, turn_nodes, workflow_hash, DEFAULT_OPENERS
+from .workflow import fill, placeholders, turn_nodes, workflow_hash, DEFAULT_OPENERS
 from .paths import scenario_slots
 
 def run_sync(coro):
@@ -47,26 +47,42 @@ PERSONA_PIECES = {   # light, persona-flavoured pieces the template teacher may 
 }
 AGENT_PIECES = ["Sure. ", "Of course. ", "Thanks. ", "Alright. "]   # short lead-ins for agent turns
 
+def unsaid(line:str, # a line with `{slot}` placeholders
+           slots:dict, # the scenario's slot values
+           said:str # what the customer has said so far
+          ) -> int:
+    "How many of the slot values `line` would state are not in `said` (as whole words, any case)."
+    said_word = lambda v: re.search(rf"(?<!\w){re.escape(str(v))}(?!\w)", said, re.I)
+    return sum(1 for k in dict.fromkeys(placeholders(line)) if k in slots and not said_word(slots[k]))
+
+def said_lines(lines:list, slots:dict, said:str) -> list:
+    "The `lines` that would state fewest slot values the customer has not said (`unsaid`), in their order."
+    n = [unsaid(x, slots, said) for x in lines]
+    return [x for x, k in zip(lines, n) if k == min(n)]
+
 class TemplateTeacher:
     "An offline teacher: realises each turn from the workflow's example lines, deterministically under `seed`."
     def __init__(self, seed:int=0, # seeds every choice, together with the scenario's seed, the turn and the attempt
                  vary:float=0.3, # chance of a small lead-in or persona piece around a line
-                 replies:list=None # scripted answers for free-form `chat(messages)` calls (no context), used in order
+                 replies:list=None, # scripted answers for free-form `chat(messages)` calls (no context), used in order
+                 prefer_said:bool=False # agent turns take the lines stating fewest slot values the customer has not said
                 ):
-        self.seed, self.vary, self.replies = seed, vary, list(replies or [])
+        self.seed, self.vary, self.replies, self.prefer_said = seed, vary, list(replies or []), prefer_said
 
     @property
-    def id(self): return f"template:seed={self.seed}"
-    def __repr__(self): return f"TemplateTeacher(seed={self.seed})"
+    def id(self): return f"template:seed={self.seed}" + (":prefer_said" if self.prefer_said else "")
+    def __repr__(self): return f"TemplateTeacher(seed={self.seed}{', prefer_said=True' if self.prefer_said else ''})"
 
     def realise(self, ctx:dict) -> str:
-        "The line for one turn described by `ctx` (role, lines, slots, persona, seed, turn, attempt)."
+        "The line for one turn described by `ctx` (role, lines, slots, persona, seed, turn, attempt, said)."
         rng = random.Random(f"{self.seed}:{ctx.get('seed', 0)}:{ctx.get('turn', 0)}:{ctx.get('role')}")
         lines = ctx.get("lines")
         if not lines:
             raise FatalTeacherError(f"TemplateTeacher: node {ctx.get('node')!r} has no examples to realise its "
                                     f"{ctx.get('role')} turn "
                                               "(add `examples` to the node, or use an OpenAITeacher)")
+        if self.prefer_said and ctx.get("role") == "agent" and "said" in ctx:
+            lines = said_lines(lines, ctx.get("slots") or {}, ctx["said"])
         i = (rng.randrange(len(lines)) + ctx.get("attempt", 0)) % len(lines)   # a retry takes the next line
         text = fill(lines[i], ctx.get("slots") or {}).strip()
         vary = rng.random() < self.vary or ctx.get("attempt", 0) >= len(lines)  # vary more once every line was tried
@@ -80,6 +96,8 @@ class TemplateTeacher:
 
     async def chat(self, messages:list, context:dict=None) -> dict:
         "Realise the turn in `context`; without a context, answer with the next scripted reply or fail clearly."
+        if context is not None and self.prefer_said:        # what the customer has said so far, for `said_lines`
+            context = {**context, "said": "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")}
         if context is not None: text = self.realise(context)
         elif self.replies: text = self.replies.pop(0)
         else: raise TeacherError("TemplateTeacher cannot answer free-form messages (it is not a model): "
@@ -88,12 +106,13 @@ class TemplateTeacher:
 
 # %% auto #0
 __all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'DRAFT_SYSTEM', 'run_sync', 'TeacherError',
-           'FatalTeacherError', 'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt',
-           'clean_turn', 'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse', 'conversation_key',
-           'cache_key', 'load_cache', 'append_cache', 'agenerate_conversations', 'run_info', 'generate_conversations',
-           'GenerateConfig', 'split_conversations', 'generation_summary', 'render_conversation', 'draw_coverage',
-           'incremental_scenarios', 'replay_sample', 'split_after_edit', 'second_person', 'agent_lines', 'user_lines',
-           'slot_values', 'draft_asks', 'adraft_workflow', 'draft_workflow']
+           'FatalTeacherError', 'unsaid', 'said_lines', 'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt',
+           'user_prompt', 'clean_turn', 'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse',
+           'conversation_key', 'cache_key', 'load_cache', 'append_cache', 'agenerate_conversations', 'run_info',
+           'generate_conversations', 'GenerateConfig', 'split_conversations', 'generation_summary',
+           'render_conversation', 'draw_coverage', 'incremental_scenarios', 'replay_sample', 'split_after_edit',
+           'second_person', 'agent_lines', 'user_lines', 'slot_values', 'draft_asks', 'adraft_workflow',
+           'draft_workflow']
 
 # %% ../nbs/02_generate.ipynb #ad54cd45
 def _retry_after(e) -> float|None:
@@ -626,6 +645,9 @@ class GenerateConfig:
                               metadata={"help": "stop before the spend passes this many dollars (needs prices)"})
     prices: tuple = field(default=None,
                           metadata={"help": "teacher prices: prompt,completion dollars per million tokens"})
+    prefer_said: bool = field(default=False, metadata={
+        "help": "template teacher: of a step's example lines, use those stating no detail the customer has not given "
+                "(where the step has such lines)"})
 
     def __post_init__(self):
         if self.budget_usd is not None and self.prices is None:

@@ -98,15 +98,18 @@ def check_endpoint(ep:dict, timeout:float=5.0) -> dict:
     return dict(ep, model=model)
 
 # %% ../nbs/06_pipeline.ipynb #be66bd80
-def make_teacher(ep:dict|None, seed:int=0):
-    "An `OpenAITeacher` for a checked endpoint, else the offline `TemplateTeacher`."
+def make_teacher(ep:dict|None, seed:int=0, prefer_said:bool=False):
+    "An `OpenAITeacher` for a checked endpoint, else the offline `TemplateTeacher` (with `prefer_said`)."
     from subterranean.generate import OpenAITeacher, TemplateTeacher
-    if ep is None: return TemplateTeacher(seed=seed)
+    if ep is None: return TemplateTeacher(seed=seed, prefer_said=prefer_said)
+    if prefer_said: warnings.warn("prefer_said applies to the offline template teacher only: an endpoint's teacher "
+                                  "writes its own lines from the conversation")
     return OpenAITeacher(ep["model"], base_url=ep["base_url"], api_key=ep.get("key"))
 
-def teacher_name(ep:dict|None, seed:int=0) -> str:
+def teacher_name(ep:dict|None, seed:int=0, prefer_said:bool=False) -> str:
     "How run.json names the teacher (never with its key)."
-    return f"template:seed={seed}" if ep is None else f"{ep.get('model') or 'default'}@{ep['base_url']}"
+    if ep is None: return f"template:seed={seed}" + (":prefer_said" if prefer_said else "")
+    return f"{ep.get('model') or 'default'}@{ep['base_url']}"
 
 # %% ../nbs/06_pipeline.ipynb #60293c05
 class Interrupted(KeyboardInterrupt):
@@ -177,7 +180,7 @@ def generate_stage(G:nx.DiGraph, # the workflow
     from subterranean.generate import (generate_conversations, split_conversations, split_after_edit,
                                        generation_summary, run_info, draw_coverage)
     cfg, out = cfg or GenerateConfig(), Path(out)
-    teacher = teacher or make_teacher(None, cfg.seed)
+    teacher = teacher or make_teacher(None, cfg.seed, cfg.prefer_said)
     out.mkdir(parents=True, exist_ok=True)
     scs, edit = scenarios_for(G, out, cfg)
     ds = generate_conversations(G, cfg.n, teacher, seed=cfg.seed, concurrency=cfg.concurrency,
@@ -499,7 +502,7 @@ def plan(G:nx.DiGraph, # the workflow
     "The resolved options of a compile run, and each stage's key (the options it depends on)."
     train = dataclasses.asdict(cfg); train.pop("output_dir", None); train.pop("workflow", None)
     if rc is not None and rc.from_previous: train.update(from_previous=True, replay=rc.replay)   # the model hangs on it
-    o = dict(dataclasses.asdict(gen), teacher=teacher_name(ep, gen.seed), train=train, eval_n=ev.eval_n,
+    o = dict(dataclasses.asdict(gen), teacher=teacher_name(ep, gen.seed, gen.prefer_said), train=train, eval_n=ev.eval_n,
              judge=teacher_name(ep) if ep and ev.judge else None, in_context=ev.in_context,
              max_new_tokens=ev.max_new_tokens)
     gk = ("n", "seed", "teacher", "max_loops", "eval_frac", "budget_tokens", "budget_usd", "prices")
@@ -533,7 +536,8 @@ def _validate(G, out, ctx):
     return ["workflow.yaml", "workflow.png"], line, s
 
 def _generate(G, out, ctx):
-    s = generate_stage(G, out, ctx["generate"], make_teacher(ctx["endpoint"], ctx["generate"].seed), ctx["progress"])
+    gen = ctx["generate"]
+    s = generate_stage(G, out, gen, make_teacher(ctx["endpoint"], gen.seed, gen.prefer_said), ctx["progress"])
     return ["conversations.jsonl", "data", "generation.json", "coverage.png", "scenarios.json"], gen_line(s), s
 
 def _previous(out, rc:ResumeConfig) -> tuple:

@@ -230,6 +230,33 @@ def test_generate_resumes_in_another_process(tmp_path):
     assert p2.returncode == 0 and "12 from the cache" in p2.stdout, p2.stdout
     assert len((tmp_path/"gen"/"conversations.jsonl").read_text().splitlines()) == 12
 
+def _unsaid_statements(rows):
+    "Slot values the agent states in the cached conversations `rows` that the customer had not said before."
+    import re
+    n = 0
+    for row in rows:
+        slots, said = json.loads(row["scenario"]["slots"]), ""
+        for m in row["messages"]:
+            if m["role"] == "user": said += "\n" + m["content"]
+            if m["role"] != "assistant": continue
+            for v in map(str, slots.values()):
+                word = rf"(?<!\w){re.escape(v)}(?!\w)"
+                n += bool(re.search(word, m["content"], re.I)) and not re.search(word, said, re.I)
+    return n
+
+def test_generate_prefer_said(tmp_path):
+    "--prefer-said: a teacher of its own (nothing reused from the plain teacher's cache) whose agent states fewer ungiven details."
+    d = tmp_path/"gen"
+    p1 = cli("generate", TRAVEL, "--out", d, "-n", 40, "--quiet")
+    p2 = cli("generate", TRAVEL, "--out", d, "-n", 40, "--prefer-said", "--quiet")
+    assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
+    assert "0 from the cache" in p2.stdout, p2.stdout                        # the plain teacher's turns are not its own
+    assert json.loads((d/"generation.json").read_text())["teacher"] == "template:seed=0:prefer_said"
+    rows = [json.loads(l)["row"] for l in (d/"conversations.jsonl").read_text().splitlines()]
+    assert len(rows) == 80 and {r["teacher"] for r in rows[40:]} == {"template:seed=0:prefer_said"}
+    a, b = _unsaid_statements(rows[:40]), _unsaid_statements(rows[40:])
+    assert b < 0.85 * a, (a, b)
+
 # ---- one-line errors -----------------------------------------------------------------------------------------
 
 def test_invalid_workflow(tmp_path):

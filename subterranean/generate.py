@@ -96,7 +96,7 @@ class TemplateTeacher:
 
     async def chat(self, messages:list, context:dict=None) -> dict:
         "Realise the turn in `context`; without a context, answer with the next scripted reply or fail clearly."
-        if context is not None and self.prefer_said:        # what the customer has said so far, for `said_lines`
+        if self.prefer_said and (context or {}).get("role") == "agent":   # what the customer said so far
             context = {**context, "said": "\n".join(m.get("content") or "" for m in messages if m.get("role") == "user")}
         if context is not None: text = self.realise(context)
         elif self.replies: text = self.replies.pop(0)

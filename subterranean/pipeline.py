@@ -108,7 +108,7 @@ def make_teacher(ep:dict|None, seed:int=0, prefer_said:bool=False):
 
 def teacher_name(ep:dict|None, seed:int=0, prefer_said:bool=False) -> str:
     "How run.json names the teacher (never with its key)."
-    if ep is None: return f"template:seed={seed}" + (":prefer_said" if prefer_said else "")
+    if ep is None: return make_teacher(None, seed, prefer_said).id      # the template teacher names itself
     return f"{ep.get('model') or 'default'}@{ep['base_url']}"
 
 # %% ../nbs/06_pipeline.ipynb #60293c05

@@ -262,6 +262,16 @@ def _judge_value(f, node, G, specs, slots, known):
     return next((("issued", k) for k in ks if not known[k]), ("wrong" if f["kind"] == "list" else "invented", ks[0]))
 
 # %% ../nbs/05_evaluate.ipynb #ec70d3ec
+def _customer_script(G) -> list:
+    "The words of the workflow's own customer lines (its edges' `user` examples), placeholders removed: one list a line."
+    return [_key(re.sub(r"\{\w+\}", " ", t)).split() for _, _, d in G.edges(data=True) for t in d.get("user") or []]
+
+def _literal(f, toks, script) -> bool:
+    "Is value `f` of a customer turn (`toks`: its `value_tokens`) part of a customer line's own words, with a word beside it?"
+    ix = [j for j, (_, a, b) in enumerate(toks) if f["start"] < b and a < f["end"]]
+    w = [t for t, *_ in toks[max(0, ix[0] - 1):ix[-1] + 2]] if ix else []
+    return len(w) > len(ix) and any(_within(s, w) for s in script)
+
 def slot_fidelity(conversation, # dict with `messages`, or a list of messages
                   G:nx.DiGraph, # the workflow
                   scenario:dict, # with `slots` (a dict, or its JSON)
@@ -272,15 +282,20 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
     slots = scenario_slots(scenario or {})
     specs = specs or slot_specs(G)
     given, issued, details, turn = {k: set() for k in specs}, {k: set() for k in specs}, [], 0
+    script = _customer_script(G)
     source = {}                                   # (slot, value) -> the message where the customer last gave it
     for i, m in enumerate(msgs):
         if m["role"] not in ("user", "assistant"): continue
         found = find_values(m["content"], G, slots, specs)
         if m["role"] == "user":
+            toks = value_tokens(m["content"])
             for f in found:
-                ks = f["slots"] + ([k for k, s in specs.items() if s["numeric"] and (
-                    _key(slots.get(k, "")) == f["value"] or (s["values"] and _of_slot(s, f["value"])))]
-                                   if f["kind"] == "number" else [])
+                ks = list(f["slots"])
+                if f["kind"] == "number" and f["by"] != "unit":        # "5 people" names its slot; a bare 5 any
+                    ks += [k for k, s in specs.items() if s["numeric"] and k not in ks and (
+                        _key(slots.get(k, "")) == f["value"] or (s["values"] and _of_slot(s, f["value"])))]
+                if _literal(f, toks, script):                          # every customer's words: given if the scenario's
+                    ks = [k for k in ks if _key(slots.get(k, "")) == _key(f["value"])]
                 for k in ks: given[k].add(_key(f["value"])); source[k, _key(f["value"])] = i
             continue
         node = match_node(m["content"], G, slots)[0]

@@ -5,7 +5,9 @@ simulates the scripted user on `--eval-n` held-out scenarios (paths and seeds th
 JSON: slot fidelity, judge-free task success, per-turn adherence and right end (each with its bootstrap 95% interval),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
 Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30] [--seed 1]
-     [--copy-head | --copy-heads] [--prefer-said]
+     [--no-copy-head | --copy-heads] [--no-prefer-said]
+(`TINY_DEFAULTS` hold the copy head and the template teacher prefers lines stating only what the customer said; the
+`--no-` flags give the settings before them.)
 """
 import argparse, json, os, platform, tempfile, time
 for k, v in dict(MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1").items():
@@ -20,11 +22,13 @@ def main():
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--out", default=None, help="model directory (default: a temporary one)")
     p.add_argument("--seed", type=int, default=0, help="the compile's seed (initial weights, data order)")
-    p.add_argument("--copy-head", action="store_true", help="add the copy head (tiny_copy_head) to TINY_DEFAULTS")
+    p.add_argument("--copy-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="the copy head (tiny_copy_head; default: as TINY_DEFAULTS, which hold it)")
     p.add_argument("--copy-heads", action="store_true", help="add the heads built to copy (tiny_copy_head, "
                    "tiny_prev_head, tiny_rope_theta=1e6) to TINY_DEFAULTS")
-    p.add_argument("--prefer-said", action="store_true", help="the template teacher's agent lines state no detail "
-                   "the customer has not given, where a step has such lines (TemplateTeacher(prefer_said=True))")
+    p.add_argument("--prefer-said", action=argparse.BooleanOptionalAction, default=True,
+                   help="the template teacher's agent lines state no detail the customer has not given, where a step "
+                   "has such lines (TemplateTeacher(prefer_said=True), the default)")
     a = p.parse_args()
     import torch
     from transformers.utils import logging; logging.set_verbosity_error()
@@ -41,7 +45,8 @@ def main():
     sp = split_conversations(convs, eval_frac=0.1, seed=0)
     t_data = time.time() - t0
     kw = dict(TINY_DEFAULTS, **({"epochs": a.epochs} if a.epochs else {}))
-    if a.copy_head or a.copy_heads: kw.update(tiny_copy_head=True)
+    if a.copy_head is not None: kw.update(tiny_copy_head=a.copy_head)
+    if a.copy_heads: kw.update(tiny_copy_head=True)
     if a.copy_heads: kw.update(tiny_prev_head=True, tiny_rope_theta=1e6)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), seed=a.seed, **kw)
     res = compile_model(sp["train"], cfg, sp["eval"], G, progress=False)
@@ -51,7 +56,7 @@ def main():
     S = r["summary"]["compiled"]
     fig = lambda k: dict(mean=round(S[k]["mean"], 4), ci=[round(x, 4) for x in S[k]["ci"]])
     print(json.dumps(dict(workflow=G.graph.get("name"), backend="tiny", seed=a.seed,
-        copy_head=a.copy_head or a.copy_heads, copy_heads=a.copy_heads, prefer_said=a.prefer_said, device="cpu",
+        copy_head=kw.get("tiny_copy_head", False), copy_heads=a.copy_heads, prefer_said=a.prefer_said, device="cpu",
         torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), python=platform.python_version(),
         train_conversations=len(sp["train"]), heldout_scenarios=len(scs),
         slot_fidelity=fig("slot_fidelity"), task_success=fig("task_success_rate"), adherence=fig("adherence_accuracy"),

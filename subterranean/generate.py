@@ -65,13 +65,13 @@ class TemplateTeacher:
     def __init__(self, seed:int=0, # seeds every choice, together with the scenario's seed, the turn and the attempt
                  vary:float=0.3, # chance of a small lead-in or persona piece around a line
                  replies:list=None, # scripted answers for free-form `chat(messages)` calls (no context), used in order
-                 prefer_said:bool=False # agent turns take the lines stating fewest slot values the customer has not said
+                 prefer_said:bool=True # agent turns take the lines stating fewest slot values the customer has not said
                 ):
         self.seed, self.vary, self.replies, self.prefer_said = seed, vary, list(replies or []), prefer_said
 
     @property
     def id(self): return f"template:seed={self.seed}" + (":prefer_said" if self.prefer_said else "")
-    def __repr__(self): return f"TemplateTeacher(seed={self.seed}{', prefer_said=True' if self.prefer_said else ''})"
+    def __repr__(self): return f"TemplateTeacher(seed={self.seed}{'' if self.prefer_said else ', prefer_said=False'})"
 
     def realise(self, ctx:dict) -> str:
         "The line for one turn described by `ctx` (role, lines, slots, persona, seed, turn, attempt, said)."
@@ -645,9 +645,9 @@ class GenerateConfig:
                               metadata={"help": "stop before the spend passes this many dollars (needs prices)"})
     prices: tuple = field(default=None,
                           metadata={"help": "teacher prices: prompt,completion dollars per million tokens"})
-    prefer_said: bool = field(default=False, metadata={
+    prefer_said: bool = field(default=True, metadata={
         "help": "template teacher: of a step's example lines, use those stating no detail the customer has not given "
-                "(where the step has such lines)"})
+                "(where the step has such lines; --no-prefer-said: any of its lines)"})
 
     def __post_init__(self):
         if self.budget_usd is not None and self.prices is None:

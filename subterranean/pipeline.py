@@ -98,15 +98,13 @@ def check_endpoint(ep:dict, timeout:float=5.0) -> dict:
     return dict(ep, model=model)
 
 # %% ../nbs/06_pipeline.ipynb #be66bd80
-def make_teacher(ep:dict|None, seed:int=0, prefer_said:bool=False):
-    "An `OpenAITeacher` for a checked endpoint, else the offline `TemplateTeacher` (with `prefer_said`)."
+def make_teacher(ep:dict|None, seed:int=0, prefer_said:bool=True):
+    "An `OpenAITeacher` for a checked endpoint, else the offline `TemplateTeacher` (`prefer_said` is its option only)."
     from subterranean.generate import OpenAITeacher, TemplateTeacher
     if ep is None: return TemplateTeacher(seed=seed, prefer_said=prefer_said)
-    if prefer_said: warnings.warn("prefer_said applies to the offline template teacher only: an endpoint's teacher "
-                                  "writes its own lines from the conversation")
     return OpenAITeacher(ep["model"], base_url=ep["base_url"], api_key=ep.get("key"))
 
-def teacher_name(ep:dict|None, seed:int=0, prefer_said:bool=False) -> str:
+def teacher_name(ep:dict|None, seed:int=0, prefer_said:bool=True) -> str:
     "How run.json names the teacher (never with its key)."
     if ep is None: return make_teacher(None, seed, prefer_said).id      # the template teacher names itself
     return f"{ep.get('model') or 'default'}@{ep['base_url']}"

@@ -80,7 +80,7 @@ class CompileConfig:
         "help": "tiny backend: start one head of the first layer attending to the previous token (attention biases on)"})
     tiny_copy_head: bool = field(default=False, metadata={
         "help": "tiny backend: start one head of the last layer copying the listed slots' values from the context "
-                "(needs slot_prior)"})
+                "(needs slot_prior; on in TINY_DEFAULTS)"})
     tiny_rope_theta: float = field(default=10000.0, metadata={
         "help": "tiny backend: RoPE base; a larger one turns the slow position dims (which the copy head reads) slower"})
     slot_prior: float = field(default=0.0, metadata={
@@ -796,7 +796,8 @@ def start_model(cfg:CompileConfig, # the settings
         src = ckpt or init_from
         if src: return _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
         if cfg.tiny_copy_head and not cfg.slot_prior:
-            raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds")
+            raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds "
+                               "(set slot_prior, or turn the head off: tiny_copy_head=False, --no-tiny-copy-head)")
         model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
                                       max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init,
                                       bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta)

@@ -46,8 +46,7 @@ def main():
     t_data = time.time() - t0
     kw = dict(TINY_DEFAULTS, **({"epochs": a.epochs} if a.epochs else {}))
     if a.copy_head is not None: kw.update(tiny_copy_head=a.copy_head)
-    if a.copy_heads: kw.update(tiny_copy_head=True)
-    if a.copy_heads: kw.update(tiny_prev_head=True, tiny_rope_theta=1e6)
+    if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), seed=a.seed, **kw)
     res = compile_model(sp["train"], cfg, sp["eval"], G, progress=False)
     t1 = time.time()

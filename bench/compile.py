@@ -3,6 +3,7 @@
 Generates `--n` conversations with the template teacher, compiles them with the tiny backend (`TINY_DEFAULTS`), then
 simulates the scripted user on `--eval-n` held-out scenarios (paths and seeds the model did not train on) and prints
 JSON: slot fidelity, judge-free task success, per-turn adherence and right end (each with its bootstrap 95% interval),
+the stated values right / wrong / invented / issued per slot (`by_slot`: which details the model loses),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
 Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30] [--seed 1]
      [--no-copy-head | --copy-heads] [--no-prefer-said]
@@ -59,7 +60,7 @@ def main():
         torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), python=platform.python_version(),
         train_conversations=len(sp["train"]), heldout_scenarios=len(scs),
         slot_fidelity=fig("slot_fidelity"), task_success=fig("task_success_rate"), adherence=fig("adherence_accuracy"),
-        right_end=fig("adherence_right_end"), slot_values=S["slot_values"],
+        right_end=fig("adherence_right_end"), slot_values=S["slot_values"], by_slot=S["by_slot"],
         generation_s=round(t_data, 1), training_s=res["wall_s"], compile_wall_s=round(t_data + res["wall_s"], 1),
         evaluation_s=round(time.time() - t1, 1), train_tokens_per_s=res["train_tokens_per_s"], steps=res["steps"],
         tokens_per_epoch=res["tokens"], epochs=cfg.epochs, supervised_fraction=res["supervised_fraction"],

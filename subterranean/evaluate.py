@@ -71,7 +71,7 @@ def simulate(agent:Agent, # the agent under test
 __all__ = ['RUBRIC', 'CRITERIA', 'MEASURES', 'user_system', 'ask', 'simulate', 'simulate_many', 'adherence', 'value_tokens',
            'slot_specs', 'find_values', 'slot_fidelity', 'task_success', 'copy_drills', 'conversation_cost',
            'JudgeError', 'judge_prompt', 'parse_judgement', 'judge', 'bootstrap_ci', 'wilcoxon_p', 'mann_whitney_p',
-           'cohens_d', 'holm', 'evaluate_agents', 'report_markdown', 'report']
+           'cohens_d', 'holm', 'by_slot', 'evaluate_agents', 'report_markdown', 'report']
 
 # %% ../nbs/05_evaluate.ipynb #8d63eaf8
 def simulate_many(agent:Agent, # the agent under test
@@ -494,6 +494,16 @@ def _mean_ci(x) -> dict:
     x = [float(v) for v in x if v is not None]
     return dict(mean=float(np.mean(x)) if x else math.nan, ci=bootstrap_ci(x))
 
+def by_slot(convs:list # conversations judged by `slot_fidelity` (a `slot_fidelity` entry each)
+           ) -> dict:
+    "{slot: dict(right, wrong, invented, issued)} over `convs`: which details an agent keeps and which it loses."
+    out = {}
+    for c in convs:
+        for d in c["slot_fidelity"]["details"]:
+            if d["kind"] in ("right", "wrong", "invented", "issued") and d["slot"] is not None:
+                n = out.setdefault(d["slot"], dict(right=0, wrong=0, invented=0, issued=0)); n[d["kind"]] += 1
+    return dict(sorted(out.items(), key=lambda kv: (-(kv[1]["wrong"] + kv[1]["invented"]), kv[0])))
+
 def _summary(convs, judged):
     s = dict(n=len(convs))
     if judged:
@@ -504,6 +514,7 @@ def _summary(convs, judged):
     s["task_success_rate"] = _mean_ci([c["task_success"]["success"] for c in convs])   # not the judge's task_success
     tot = {k: sum(c["slot_fidelity"][k] for c in convs) for k in ("stated", "right", "wrong", "invented", "issued")}
     s["slot_values"] = dict(tot, share=tot["right"] / tot["stated"] if tot["stated"] else math.nan)
+    s["by_slot"] = by_slot(convs)
     for k in ("usd", "latency", "latency_per_turn", "prompt_tokens_per_turn", "prompt_tokens", "completion_tokens"):
         s[k] = float(np.mean([c["cost"][k] for c in convs]))
     return s
@@ -577,6 +588,11 @@ def _f(m, k=None):
     if isinstance(v, dict): return f"{v['right']} / {v['wrong']} / {v['invented']} ({v['issued']})"
     return "-" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
 
+def _per_slot(n):
+    if not n: return "-"
+    st = n["right"] + n["wrong"] + n["invented"]
+    return f"{n['right']} / {st}" + (f" ({n['invented']} invented)" if n["invented"] else "") if st else "-"
+
 def report_markdown(results:dict) -> str:
     "The results as a Markdown table per condition, then the comparisons."
     S, names = results["summary"], list(results["summary"])
@@ -588,6 +604,11 @@ def report_markdown(results:dict) -> str:
     out = [f"# Evaluation: {results.get('workflow')} ({S[names[0]]['n']} scenarios per condition)", "",
            "| metric | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     out += [f"| {label} | " + " | ".join(_f(S[n], k) for n in names) + " |" for label, k in rows]
+    slots = [k for k in dict.fromkeys(k for n in names for k in S[n].get("by_slot", {}))
+             if any(S[n].get("by_slot", {}).get(k, {}).get(x) for n in names for x in ("right", "wrong", "invented"))]
+    if slots:                                          # which details each agent keeps: right / stated per slot
+        out += ["", "| details right / stated | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        out += [f"| {k} | " + " | ".join(_per_slot(S[n].get("by_slot", {}).get(k)) for n in names) + " |" for k in slots]
     ref = results["reference"]
     ratios = [f"{n}: cost x{r['cost']:.3g}, latency x{r['latency']:.3g}, "
               f"prompt tokens/turn x{r['prompt_tokens_per_turn']:.3g}"

@@ -6,7 +6,7 @@ JSON: slot fidelity, judge-free task success, per-turn adherence and right end (
 the stated values right / wrong / invented / issued per slot (`by_slot`: which details the model loses),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
 Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30] [--seed 1]
-     [--no-copy-head | --copy-heads] [--no-prefer-said]
+     [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-prefer-said]
 (`TINY_DEFAULTS` hold the copy head and the template teacher prefers lines stating only what the customer said; the
 `--no-` flags give the settings before them.)
 """
@@ -25,6 +25,9 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="the compile's seed (initial weights, data order)")
     p.add_argument("--copy-head", action=argparse.BooleanOptionalAction, default=None,
                    help="the copy head (tiny_copy_head; default: as TINY_DEFAULTS, which hold it)")
+    p.add_argument("--codes", action=argparse.BooleanOptionalAction, default=None,
+                   help="numbers with their units as tokens, codes the copy head reads, held while training (tiny_codes; "
+                   "default: as TINY_DEFAULTS)")
     p.add_argument("--copy-heads", action="store_true", help="add the heads built to copy (tiny_copy_head, "
                    "tiny_prev_head, tiny_rope_theta=1e6) to TINY_DEFAULTS")
     p.add_argument("--prefer-said", action=argparse.BooleanOptionalAction, default=True,
@@ -47,6 +50,7 @@ def main():
     t_data = time.time() - t0
     kw = dict(TINY_DEFAULTS, **({"epochs": a.epochs} if a.epochs else {}))
     if a.copy_head is not None: kw.update(tiny_copy_head=a.copy_head)
+    if a.codes is not None: kw.update(tiny_codes=a.codes)
     if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), seed=a.seed, **kw)
     res = compile_model(sp["train"], cfg, sp["eval"], G, progress=False)
@@ -56,7 +60,8 @@ def main():
     S = r["summary"]["compiled"]
     fig = lambda k: dict(mean=round(S[k]["mean"], 4), ci=[round(x, 4) for x in S[k]["ci"]])
     print(json.dumps(dict(workflow=G.graph.get("name"), backend="tiny", seed=a.seed,
-        copy_head=kw.get("tiny_copy_head", False), copy_heads=a.copy_heads, prefer_said=a.prefer_said, device="cpu",
+        copy_head=kw.get("tiny_copy_head", False), codes=kw.get("tiny_codes", False), copy_heads=a.copy_heads,
+        prefer_said=a.prefer_said, device="cpu",
         torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), python=platform.python_version(),
         train_conversations=len(sp["train"]), heldout_scenarios=len(scs),
         slot_fidelity=fig("slot_fidelity"), task_success=fig("task_success_rate"), adherence=fig("adherence_accuracy"),

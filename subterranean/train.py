@@ -22,7 +22,8 @@ from pathlib import Path
 import networkx as nx
 from .distributed import world_size, local_rank, is_main_process, main_first, barrier, from_main
 from .distributed import sharding, quiet_others
-from .copying import seed_slot_embeddings, copy_head, previous_token_head, seed_unit_embeddings
+from .copying import (seed_slot_embeddings, copy_head, previous_token_head, seed_unit_embeddings, unit_tokens,
+                      seed_codes, code_space, hold, _owners)
 
 class CompileError(Exception):
     "A compile that cannot go on, with a one-line reason naming what is wrong and where."
@@ -81,6 +82,9 @@ class CompileConfig:
     tiny_copy_head: bool = field(default=False, metadata={
         "help": "tiny backend: start one head of the last layer copying the listed slots' values from the context "
                 "(needs slot_prior; on in TINY_DEFAULTS)"})
+    tiny_codes: bool = field(default=False, metadata={
+        "help": "tiny backend: numbers with their units as whole tokens, a code per value token that the copy head reads "
+                "and writes, and its query, value and the codes held as built while training (needs tiny_copy_head)"})
     tiny_rope_theta: float = field(default=10000.0, metadata={
         "help": "tiny backend: RoPE base; a larger one turns the slow position dims (which the copy head reads) slower"})
     slot_prior: float = field(default=0.0, metadata={
@@ -177,7 +181,8 @@ SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 def train_tokenizer(ds, # conversations: a `messages` column
                     vocab_size:int=2048, # the vocabulary size, special tokens included
-                    min_frequency:int=2 # the fewest occurrences of a pair that BPE merges
+                    min_frequency:int=2, # the fewest occurrences of a pair that BPE merges
+                    tokens=() # whole tokens to add (`unit_tokens`: " 4 nights"), matched before the BPE pieces
                    ):
     "A byte-level BPE tokenizer trained on the dataset's messages, with ChatML special tokens and chat template."
     from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
@@ -193,6 +198,7 @@ def train_tokenizer(ds, # conversations: a `messages` column
     tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                   pad_token="<|pad|>", unk_token=None, additional_special_tokens=["<|im_start|>"])
     tok.chat_template = CHATML
+    if tokens: tok.add_tokens(list(tokens))
     return tok
 
 # %% ../nbs/03_train.ipynb #4ed68db2
@@ -305,12 +311,13 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
                      tie:bool=True, # one matrix for the input embeddings and the output layer
                      init:float=0.02, # standard deviation of the initial weights
                      bias:bool=False, # biases in the attention projections (`previous_token_head` needs them)
-                     rope_theta:float=10000.0 # RoPE base
+                     rope_theta:float=10000.0, # RoPE base
+                     tokens=() # whole tokens the tokenizer adds (`train_tokenizer`)
                     ):
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    tok = from_main(train_tokenizer, ds, vocab_size)        # trained once, in the main process: the same in every one
+    tok = from_main(train_tokenizer, ds, vocab_size, tokens=tokens)        # trained once, in the main process: the same in every one
     torch.manual_seed(seed)
     heads = max(1, hidden//head_dim)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=(hidden*8//3 + 63)//64*64,
@@ -793,18 +800,28 @@ def start_model(cfg:CompileConfig, # the settings
     from transformers import AutoModelForCausalLM, AutoTokenizer
     torch.manual_seed(cfg.seed)                            # LoRA's initial weights too: same seed, same start
     if backend == "tiny":
+        if cfg.tiny_codes and not (cfg.tiny_copy_head and cfg.slot_prior):
+            raise CompileError("tiny_codes needs tiny_copy_head and slot_prior > 0: the codes are what the copy head "
+                               "carries (turn them on, or the codes off: tiny_codes=False, --no-tiny-codes)")
+        codes = cfg.tiny_codes and G is not None
+        tokens = unit_tokens(G) if codes else {}
         src = ckpt or init_from
-        if src: return _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
+        if src:
+            model, tok = _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
+            if codes: hold(model, code_space(model, cfg.seed), sorted(_owners(tok, G, tokens)))   # held again
+            return model, tok
         if cfg.tiny_copy_head and not cfg.slot_prior:
             raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds "
                                "(set slot_prior, or turn the head off: tiny_copy_head=False, --no-tiny-copy-head)")
         model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
                                       max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init,
-                                      bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta)
+                                      bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta, tokens=list(tokens))
         carry = previous_token_head(model, carry=0.1 * cfg.tiny_copy_head, seed=cfg.seed) if cfg.tiny_prev_head else None
         if cfg.slot_prior and G is not None:
-            dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed)
-            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed)
+            dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, tokens=tokens)
+            space, rows = seed_codes(model, tok, G, tokens, seed=cfg.seed) if codes else (None, ())
+            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed, value=space)
+            if codes: hold(model, space, rows)        # the copy head's query and value, and the codes, as built
             if cfg.tiny_copy_head and carry is not None and cfg.tiny_layers > 1 and model.config.num_attention_heads > 1:
                 # the number head (beside the copy head, after the previous-token head): units' directions, carried token
                 copy_head(model, seed_unit_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, carry), head=-2,

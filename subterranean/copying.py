@@ -44,7 +44,6 @@ def seed_slot_embeddings(model, # a model whose input embeddings to change (the 
         for t, k in rows: emb[t] += size * dirs[k] / dirs[k].norm()
     return {k: dirs[k] / dirs[k].norm() for k in sorted({k for _, k in rows})}
 
-
 # %% ../nbs/03a_copying.ipynb #de642157
 def copy_head(model, # a Llama-style model whose embeddings hold slot directions (`seed_slot_embeddings`)
               dirs:dict, # {slot: unit direction} the query and key read
@@ -149,7 +148,6 @@ def unit_tokens(G:nx.DiGraph, # the workflow: its numeric slots' ranges and unit
                 for u in sorted(s["units"]): out[f" {n} {u}"] = out[f"{n} {u}"] = k
     return out
 
-
 # %% ../nbs/03a_copying.ipynb #f693e151
 def code_space(model, # the model whose embeddings hold the codes
                seed:int=0 # seed of the subspace
@@ -197,4 +195,3 @@ def hold(model, # a model with a copy head (`copy_head`)
         def codes(g): g = g.clone(); part = g[idx]; g[idx] = part - (part @ space.T) @ space; return g
         hooks.append(model.get_input_embeddings().weight.register_hook(codes))
     return hooks
-

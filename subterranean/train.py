@@ -317,7 +317,7 @@ def build_tiny_model(ds, # conversations to train the tokenizer on (a `messages`
     "A small from-scratch Llama model and a tokenizer trained on `ds`; saved to `out_dir` if given."
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
-    tok = from_main(train_tokenizer, ds, vocab_size, tokens=tokens)        # trained once, in the main process: the same in every one
+    tok = from_main(train_tokenizer, ds, vocab_size, tokens=tokens)   # trained once, in the main process: the same in all
     torch.manual_seed(seed)
     heads = max(1, hidden//head_dim)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=(hidden*8//3 + 63)//64*64,

@@ -12,6 +12,12 @@ __all__ = ['seed_slot_embeddings', 'copy_head', 'previous_token_head', 'seed_uni
 import math
 import networkx as nx
 
+def _rows(n:int, k:int, seed:int):
+    "`k` orthonormal rows of length `n` drawn with `seed`: a random projection."
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return torch.linalg.qr(torch.randn(n, k, generator=g))[0].T
+
 # %% ../nbs/03a_copying.ipynb #cce9cdbd
 def _owners(tok, G, tokens=None) -> dict:
     "{token id: slots}: the word tokens of each listed slot's values, and each whole token of `tokens` ({text: slot})."
@@ -64,8 +70,7 @@ def copy_head(model, # a Llama-style model whose embeddings hold slot directions
     slow = set(range(half - (len(us) + 1) // 2, half))               # the pairs the slots take
     near = [r for r in range(half) if 1e-3 <= base ** (-2 * r / hd) <= 1.5e-2 and r not in slow] if recency else []
     if value is None:              # its own stream: not the projection `previous_token_head` carries with the same seed
-        g = torch.Generator().manual_seed(seed + 7)
-        value = torch.linalg.qr(torch.randn(cfg.hidden_size, hd, generator=g))[0].T
+        value = _rows(cfg.hidden_size, hd, seed + 7)
     with torch.no_grad():
         for p in (att.q_proj, att.k_proj, att.v_proj):
             if p.bias is not None: p.bias[o:o + hd] = 0
@@ -102,8 +107,7 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
             att.q_proj.bias[o + f] = a
             att.k_proj.bias[o + f], att.k_proj.bias[o + f + half] = a * math.cos(th), a * math.sin(th)
         if not carry: return None
-        g = torch.Generator().manual_seed(seed + 11)          # not the stream of the slot directions of the same seed
-        P = torch.linalg.qr(torch.randn(cfg.hidden_size, hd, generator=g))[0].T       # hd orthonormal rows
+        P = _rows(cfg.hidden_size, hd, seed + 11)          # not the stream of the slot directions of the same seed
         att.v_proj.weight[o:o + hd], att.v_proj.bias[o:o + hd], att.o_proj.weight[:, o:o + hd] = P, 0, carry * P.T
     return P
 
@@ -153,11 +157,9 @@ def code_space(model, # the model whose embeddings hold the codes
                seed:int=0 # seed of the subspace
               ):
     "(head_dim x hidden) orthonormal rows: the subspace `seed_codes` writes the codes in, and the copy head's value reads."
-    import torch
     cfg = model.config
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    g = torch.Generator().manual_seed(seed + 9)      # not the stream of the slot directions or the projections
-    return torch.linalg.qr(torch.randn(cfg.hidden_size, hd, generator=g))[0].T
+    return _rows(cfg.hidden_size, hd, seed + 9)      # not the stream of the slot directions or the projections
 
 def seed_codes(model, # a model whose input embeddings to change (the tiny model's)
                tok, # its tokenizer

@@ -6,7 +6,7 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/copying.html.md"""
 
 # %% auto #0
 __all__ = ['seed_slot_embeddings', 'copy_head', 'previous_token_head', 'seed_unit_embeddings', 'unit_tokens', 'code_space',
-           'seed_codes', 'hold']
+           'code_value', 'seed_codes', 'hold']
 
 # %% ../nbs/03a_copying.ipynb #6c560c63
 import math
@@ -156,10 +156,22 @@ def unit_tokens(G:nx.DiGraph, # the workflow: its numeric slots' ranges and unit
 def code_space(model, # the model whose embeddings hold the codes
                seed:int=0 # seed of the subspace
               ):
-    "(head_dim x hidden) orthonormal rows: the subspace `seed_codes` writes the codes in, and the copy head's value reads."
+    "(head_dim/2 x hidden) orthonormal rows: the subspace `seed_codes` writes the codes in (half the copy head's value)."
     cfg = model.config
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return _rows(cfg.hidden_size, hd, seed + 9)      # not the stream of the slot directions or the projections
+    return _rows(cfg.hidden_size, hd // 2, seed + 9)      # not the stream of the slot directions or the projections
+
+def code_value(model, # the model with the copy head
+               space, # the codes' subspace (`code_space`)
+               seed:int=0 # seed of the other half
+              ):
+    "(head_dim x hidden) rows for the copy head's value: the codes' subspace, then a plain projection outside it."
+    import torch
+    cfg = model.config
+    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    P = _rows(cfg.hidden_size, hd - space.shape[0], seed + 7)
+    P = P - (P @ space.T) @ space                      # outside the codes' subspace, then orthonormal again
+    return torch.cat([space, torch.linalg.qr(P.T)[0].T])
 
 def seed_codes(model, # a model whose input embeddings to change (the tiny model's)
                tok, # its tokenizer

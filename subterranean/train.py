@@ -23,7 +23,7 @@ import networkx as nx
 from .distributed import world_size, local_rank, is_main_process, main_first, barrier, from_main
 from .distributed import sharding, quiet_others
 from .copying import (seed_slot_embeddings, copy_head, previous_token_head, seed_unit_embeddings, unit_tokens,
-                      seed_codes, code_space, hold, _owners)
+                      seed_codes, code_space, code_value, hold, _owners)
 
 class CompileError(Exception):
     "A compile that cannot go on, with a one-line reason naming what is wrong and where."
@@ -820,7 +820,8 @@ def start_model(cfg:CompileConfig, # the settings
         if cfg.slot_prior and G is not None:
             dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, tokens=tokens)
             space, rows = seed_codes(model, tok, G, tokens, seed=cfg.seed) if codes else (None, ())
-            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed, value=space)
+            value = code_value(model, space, cfg.seed) if codes else None     # the codes, then a plain projection
+            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed, value=value)
             if codes: hold(model, space, rows)        # the copy head's query and value, and the codes, as built
             if cfg.tiny_copy_head and carry is not None and cfg.tiny_layers > 1 and model.config.num_attention_heads > 1:
                 # the number head (beside the copy head, after the previous-token head): units' directions, carried token

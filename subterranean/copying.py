@@ -12,6 +12,10 @@ __all__ = ['seed_slot_embeddings', 'copy_head', 'previous_token_head', 'seed_uni
 import math
 import networkx as nx
 
+def _head_dim(cfg) -> int:
+    "The width of one attention head of a model config."
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+
 def _rows(n:int, k:int, seed:int):
     "`k` orthonormal rows of length `n` drawn with `seed`: a random projection."
     import torch
@@ -63,7 +67,7 @@ def copy_head(model, # a Llama-style model whose embeddings hold slot directions
     "Make one attention head copy a slot's value from the context: query and key read the slot directions, value and output carry the token on; the slots read."
     import math, torch
     cfg, att = model.config, model.model.layers[layer].self_attn
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hd = _head_dim(cfg)
     base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
     o, half, us = (head % cfg.num_attention_heads) * hd, hd // 2, list(dirs.values())[:hd]
     if not us: return 0
@@ -97,7 +101,7 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
     import math, torch
     cfg, att = model.config, model.model.layers[layer].self_attn
     if att.q_proj.bias is None: raise ValueError("previous_token_head needs attention biases (attention_bias=True)")
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hd = _head_dim(cfg)
     base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
     o, half, a = head * hd, hd // 2, math.sqrt(strength)       # the head's rows start at o
     with torch.no_grad():
@@ -158,7 +162,7 @@ def code_space(model, # the model whose embeddings hold the codes
               ):
     "(head_dim/2 x hidden) orthonormal rows: the subspace `seed_codes` writes the codes in (half the copy head's value)."
     cfg = model.config
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hd = _head_dim(cfg)
     return _rows(cfg.hidden_size, hd // 2, seed + 9)      # not the stream of the slot directions or the projections
 
 def code_value(model, # the model with the copy head
@@ -168,7 +172,7 @@ def code_value(model, # the model with the copy head
     "(head_dim x hidden) rows for the copy head's value: the codes' subspace, then a plain projection outside it."
     import torch
     cfg = model.config
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hd = _head_dim(cfg)
     P = _rows(cfg.hidden_size, hd - space.shape[0], seed + 7)
     P = P - (P @ space.T) @ space                      # outside the codes' subspace, then orthonormal again
     return torch.cat([space, torch.linalg.qr(P.T)[0].T])
@@ -200,7 +204,7 @@ def hold(model, # a model with a copy head (`copy_head`)
     "Keep the copy head's `parts` and the codes as built while training (their gradients zeroed); the hook handles."
     import torch
     cfg, att = model.config, model.model.layers[layer].self_attn
-    hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    hd = _head_dim(cfg)
     o = (head % cfg.num_attention_heads) * hd
     def own(g): g = g.clone(); g[o:o + hd] = 0; return g
     hooks = [getattr(att, p + "_proj").weight.register_hook(own) for p in parts]

@@ -7,8 +7,8 @@ the stated values right / wrong / invented / issued per slot (`by_slot`: which d
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
 Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30] [--seed 1]
      [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-prefer-said]
-(`TINY_DEFAULTS` hold the copy head and the template teacher prefers lines stating only what the customer said; the
-`--no-` flags give the settings before them.)
+(`TINY_DEFAULTS` hold the copy head with its codes, and the template teacher prefers lines stating only what the
+customer said; the `--no-` flags give the settings before them.)
 """
 import argparse, json, os, platform, tempfile, time
 for k, v in dict(MPLBACKEND="Agg", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1").items():
@@ -26,10 +26,10 @@ def main():
     p.add_argument("--copy-head", action=argparse.BooleanOptionalAction, default=None,
                    help="the copy head (tiny_copy_head; default: as TINY_DEFAULTS, which hold it)")
     p.add_argument("--codes", action=argparse.BooleanOptionalAction, default=None,
-                   help="numbers with their units as tokens, codes the copy head reads, held while training (tiny_codes; "
-                   "default: as TINY_DEFAULTS)")
+                   help="the copy head's keys and codes on dims of their own of an untied model, values as whole tokens, "
+                   "held while training (tiny_codes; default: as TINY_DEFAULTS, which hold them)")
     p.add_argument("--copy-heads", action="store_true", help="add the heads built to copy (tiny_copy_head, "
-                   "tiny_prev_head, tiny_rope_theta=1e6) to TINY_DEFAULTS")
+                   "tiny_prev_head, tiny_rope_theta=1e6) to TINY_DEFAULTS, without the codes")
     p.add_argument("--prefer-said", action=argparse.BooleanOptionalAction, default=True,
                    help="the template teacher's agent lines state no detail the customer has not given, where a step "
                    "has such lines (TemplateTeacher(prefer_said=True), the default)")
@@ -51,7 +51,7 @@ def main():
     kw = dict(TINY_DEFAULTS, **({"epochs": a.epochs} if a.epochs else {}))
     if a.copy_head is not None: kw.update(tiny_copy_head=a.copy_head)
     if a.codes is not None: kw.update(tiny_codes=a.codes)
-    if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6)
+    if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6, tiny_codes=False)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), seed=a.seed, **kw)
     res = compile_model(sp["train"], cfg, sp["eval"], G, progress=False)
     t1 = time.time()

@@ -23,7 +23,7 @@ import networkx as nx
 from .distributed import world_size, local_rank, is_main_process, main_first, barrier, from_main
 from .distributed import sharding, quiet_others
 from .copying import (seed_slot_embeddings, copy_head, previous_token_head, seed_unit_embeddings, unit_tokens,
-                      seed_codes, code_space, code_value, hold, _owners)
+                      whole_values, seed_codes, hold)
 
 class CompileError(Exception):
     "A compile that cannot go on, with a one-line reason naming what is wrong and where."
@@ -83,8 +83,9 @@ class CompileConfig:
         "help": "tiny backend: start one head of the last layer copying the listed slots' values from the context "
                 "(needs slot_prior; on in TINY_DEFAULTS)"})
     tiny_codes: bool = field(default=False, metadata={
-        "help": "tiny backend: numbers with their units as whole tokens, a code per value token that the copy head reads "
-                "and writes, and its query, value and the codes held as built while training (needs tiny_copy_head)"})
+        "help": "tiny backend: the copy head's keys and value codes on hidden dims of their own of an untied model, "
+                "numbers with their units as whole tokens, all held as built while training (needs tiny_copy_head; "
+                "on in TINY_DEFAULTS)"})
     tiny_rope_theta: float = field(default=10000.0, metadata={
         "help": "tiny backend: RoPE base; a larger one turns the slow position dims (which the copy head reads) slower"})
     slot_prior: float = field(default=0.0, metadata={
@@ -803,26 +804,33 @@ def start_model(cfg:CompileConfig, # the settings
         if cfg.tiny_codes and not (cfg.tiny_copy_head and cfg.slot_prior):
             raise CompileError("tiny_codes needs tiny_copy_head and slot_prior > 0: the codes are what the copy head "
                                "carries (turn them on, or the codes off: tiny_codes=False, --no-tiny-codes)")
+        if cfg.tiny_codes and cfg.tiny_prev_head:
+            raise CompileError("tiny_codes and tiny_prev_head are not built together: the codes carry the numbers with "
+                               "their units (turn one off: --no-tiny-codes or --no-tiny-prev-head)")
         codes = cfg.tiny_codes and G is not None
-        tokens = unit_tokens(G) if codes else {}
+        tokens = unit_tokens(G) | whole_values(G) if codes else {}
         src = ckpt or init_from
         if src:
             model, tok = _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
-            if codes: hold(model, code_space(model, cfg.seed), sorted(_owners(tok, G, tokens)))   # held again
+            if codes: hold(model)                              # held again: the dims are in the model's config
             return model, tok
         if cfg.tiny_copy_head and not cfg.slot_prior:
             raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds "
                                "(set slot_prior, or turn the head off: tiny_copy_head=False, --no-tiny-copy-head)")
         model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
                                       max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init,
-                                      bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta, tokens=list(tokens))
+                                      bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta, tokens=list(tokens),
+                                      tie=not codes)           # with codes, the output must not read the input's
         carry = previous_token_head(model, carry=0.1 * cfg.tiny_copy_head, seed=cfg.seed) if cfg.tiny_prev_head else None
         if cfg.slot_prior and G is not None:
+            if codes:        # keys and codes on dims of their own; the query reads what the output is about to say
+                try: c = seed_codes(model, tok, G, tokens, cfg.slot_prior, cfg.seed)
+                except ValueError as e: raise CompileError(f"tiny_codes: {e}") from None
+                copy_head(model, c["queries"], seed=cfg.seed, keys=c["keys"], value=c["value"], out=c["out"], sharp=3.0)
+                hold(model)
+                return model, tok
             dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, tokens=tokens)
-            space, rows = seed_codes(model, tok, G, tokens, seed=cfg.seed) if codes else (None, ())
-            value = code_value(model, space, cfg.seed) if codes else None     # the codes, then a plain projection
-            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed, value=value)
-            if codes: hold(model, space, rows)        # the copy head's query and value, and the codes, as built
+            if cfg.tiny_copy_head: copy_head(model, dirs, seed=cfg.seed)
             if cfg.tiny_copy_head and carry is not None and cfg.tiny_layers > 1 and model.config.num_attention_heads > 1:
                 # the number head (beside the copy head, after the previous-token head): units' directions, carried token
                 copy_head(model, seed_unit_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, carry), head=-2,
@@ -903,7 +911,7 @@ def _drilled_before(out, fp) -> dict:
     return {k: v for k, v in m.items() if k != "fingerprint"} if m.get("fingerprint") == fp + "-drills" else {}
 
 TINY_DEFAULTS = dict(epochs=6, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
-                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, tiny_copy_head=True, drill_epochs=4,
+                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, tiny_copy_head=True, tiny_codes=True, drill_epochs=4,
                      drill_learning_rate=1e-3)
 "Tuned settings for the tiny backend: 300 travel_booking conversations compile in under 5 minutes on 2 CPU cores."
 

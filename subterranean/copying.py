@@ -220,7 +220,7 @@ def seed_codes(model, # an untied tiny model (`build_tiny_model(tie=False)`)
     g = torch.Generator().manual_seed(seed + 21)
     keys = _basis(len(K), len(slots), g)
     codes = {}
-    for j, k in enumerate(slots):                     # one code per value of a slot: orthonormal within the slot
+    for k in slots:                                   # one code per value of a slot: orthonormal within the slot
         vs = sorted({name(t) for t, ks in owners.items() if k in ks})
         for v, z in zip(vs, _basis(len(C), len(vs), g)): codes[k, v] = z
     hd = _head_dim(cfg)

@@ -809,10 +809,13 @@ def start_model(cfg:CompileConfig, # the settings
                                "their units (turn one off: --no-tiny-codes or --no-tiny-prev-head)")
         codes = cfg.tiny_codes and G is not None
         tokens = unit_tokens(G) | whole_values(G) if codes else {}
+        if codes:                                          # no listed values and no narrow numbers: nothing to code
+            from subterranean.evaluate import slot_specs
+            codes = bool(tokens) or any(s["values"] and not s["numeric"] for s in slot_specs(G).values())
         src = ckpt or init_from
         if src:
             model, tok = _from_pretrained(AutoModelForCausalLM, str(src)), _from_pretrained(AutoTokenizer, str(src))
-            if codes: hold(model)                              # held again: the dims are in the model's config
+            if getattr(model.config, "code_dims", None): hold(model)    # held again: the dims are in its config
             return model, tok
         if cfg.tiny_copy_head and not cfg.slot_prior:
             raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds "

@@ -84,8 +84,8 @@ class CompileConfig:
                 "(needs slot_prior; on in TINY_DEFAULTS)"})
     tiny_codes: bool = field(default=False, metadata={
         "help": "tiny backend: the copy head's keys and value codes on hidden dims of their own of an untied model, "
-                "numbers with their units as whole tokens, all held as built while training (needs tiny_copy_head; "
-                "on in TINY_DEFAULTS)"})
+                "numbers with their units and listed values of several words as whole tokens, all held as built while "
+                "training (needs tiny_copy_head; on in TINY_DEFAULTS)"})
     tiny_rope_theta: float = field(default=10000.0, metadata={
         "help": "tiny backend: RoPE base; a larger one turns the slow position dims (which the copy head reads) slower"})
     slot_prior: float = field(default=0.0, metadata={

@@ -200,7 +200,7 @@ def _value_name(tok, t:int) -> str:
 def seed_codes(model, # an untied tiny model (`build_tiny_model(tie=False)`)
                tok, # its tokenizer
                G:nx.DiGraph, # the workflow: its slots' values
-               tokens:dict=None, # {text: slot} of whole tokens that are values too (`unit_tokens`)
+               tokens:dict=None, # {text: slot} of whole tokens that are values too (`unit_tokens`, `whole_values`)
                scale:float=1.0, # the slots' shared output direction, in mean output-row norms
                seed:int=0 # seed of the keys, codes and directions
               ) -> dict:

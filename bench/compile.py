@@ -5,7 +5,7 @@ simulates the scripted user on `--eval-n` held-out scenarios (paths and seeds th
 JSON: slot fidelity, judge-free task success, per-turn adherence and right end (each with its bootstrap 95% interval),
 the stated values right / wrong / invented / issued per slot (`by_slot`: which details the model loses),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
-Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 300] [--eval-n 30] [--seed 1]
+Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 500] [--eval-n 30] [--seed 1]
      [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-prefer-said]
 (`TINY_DEFAULTS` hold the copy head with its codes, and the template teacher prefers lines stating only what the
 customer said; the `--no-` flags give the settings before them.)
@@ -18,7 +18,7 @@ import warnings; warnings.filterwarnings("ignore")
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workflow", default="travel_booking", help="a shipped workflow's name or a YAML file")
-    p.add_argument("--n", type=int, default=300, help="conversations generated (10%% held out)")
+    p.add_argument("--n", type=int, default=500, help="conversations generated (10%% held out; 500 as `subterranean compile`)")
     p.add_argument("--eval-n", type=int, default=30, help="held-out scenarios simulated")
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--out", default=None, help="model directory (default: a temporary one)")

@@ -14,7 +14,7 @@ import networkx as nx
 from fastcore.basics import patch
 from fastcore.meta import delegates
 from .workflow import fill, placeholders, turn_nodes, workflow_hash, DEFAULT_OPENERS
-from .paths import scenario_slots
+from .paths import scenario_slots, sample_slot
 
 def run_sync(coro):
     "Run `coro` to completion from synchronous code (inside a running event loop: in a thread with its own loop)."
@@ -52,39 +52,60 @@ def unsaid(line:str, # a line with `{slot}` placeholders
            said:str # what the customer has said so far
           ) -> int:
     "How many of the slot values `line` would state are not in `said` (as whole words, any case)."
-    said_word = lambda v: re.search(rf"(?<!\w){re.escape(str(v))}(?!\w)", said, re.I)
-    return sum(1 for k in dict.fromkeys(placeholders(line)) if k in slots and not said_word(slots[k]))
+    return sum(1 for k in dict.fromkeys(placeholders(line)) if k in slots and not _said(slots[k], said))
+
+def _said(v, said): return re.search(rf"(?<!\w){re.escape(str(v))}(?!\w)", said, re.I) is not None
 
 def said_lines(lines:list, slots:dict, said:str) -> list:
     "The `lines` that would state fewest slot values the customer has not said (`unsaid`), in their order."
     n = [unsaid(x, slots, said) for x in lines]
     return [x for x, k in zip(lines, n) if k == min(n)]
 
+def own_values(G:nx.DiGraph, # the workflow: its slots' specs
+               scenario:dict # from `sample_scenarios`: its slots and seed
+              ) -> dict:
+    "Another value of each slot than the scenario's (where its spec has one): what the agent states before the customer."
+    slots, out = scenario_slots(scenario), {}
+    for k, spec in (G.graph.get("slots") or {}).items():
+        rng = random.Random(f"{scenario.get('seed', 0)}:own:{k}")
+        tries = [sample_slot(k, spec, rng) for _ in range(20)]
+        out[k] = next((w for w in tries if str(w) != str(slots.get(k))), tries[0])
+    return out
+
+def stated_slots(slots:dict, # the scenario's slot values
+                 own:dict, # the agent's own values (`own_values`)
+                 said:str # what the customer has said so far
+                ) -> dict:
+    "The values an agent's line states: the customer's where they have said it, else the agent's own."
+    return {k: v if _said(v, said) or k not in own else own[k] for k, v in slots.items()}
+
 class TemplateTeacher:
     "An offline teacher: realises each turn from the workflow's example lines, deterministically under `seed`."
     def __init__(self, seed:int=0, # seeds every choice, together with the scenario's seed, the turn and the attempt
                  vary:float=0.3, # chance of a small lead-in or persona piece around a line
                  replies:list=None, # scripted answers for free-form `chat(messages)` calls (no context), used in order
-                 prefer_said:bool=True # agent turns take the lines stating fewest slot values the customer has not said
+                 prefer_said:bool=True # agent turns take the lines stating fewest slot values the customer has not said,
+                                       # and state their own values (`own_values`) where the customer has said none
                 ):
         self.seed, self.vary, self.replies, self.prefer_said = seed, vary, list(replies or []), prefer_said
 
     @property
-    def id(self): return f"template:seed={self.seed}" + (":prefer_said" if self.prefer_said else "")
+    def id(self): return f"template:seed={self.seed}" + (":prefer_said:own" if self.prefer_said else "")
     def __repr__(self): return f"TemplateTeacher(seed={self.seed}{'' if self.prefer_said else ', prefer_said=False'})"
 
     def realise(self, ctx:dict) -> str:
         "The line for one turn described by `ctx` (role, lines, slots, persona, seed, turn, attempt, said)."
         rng = random.Random(f"{self.seed}:{ctx.get('seed', 0)}:{ctx.get('turn', 0)}:{ctx.get('role')}")
-        lines = ctx.get("lines")
+        lines, slots = ctx.get("lines"), ctx.get("slots") or {}
         if not lines:
             raise FatalTeacherError(f"TemplateTeacher: node {ctx.get('node')!r} has no examples to realise its "
                                     f"{ctx.get('role')} turn "
                                               "(add `examples` to the node, or use an OpenAITeacher)")
         if self.prefer_said and ctx.get("role") == "agent" and "said" in ctx:
-            lines = said_lines(lines, ctx.get("slots") or {}, ctx["said"])
+            lines = said_lines(lines, slots, ctx["said"])
+            slots = stated_slots(slots, ctx.get("own") or {}, ctx["said"])
         i = (rng.randrange(len(lines)) + ctx.get("attempt", 0)) % len(lines)   # a retry takes the next line
-        text = fill(lines[i], ctx.get("slots") or {}).strip()
+        text = fill(lines[i], slots).strip()
         vary = rng.random() < self.vary or ctx.get("attempt", 0) >= len(lines)  # vary more once every line was tried
         if vary and ctx.get("role") == "agent" and ctx.get("turn", 0) > 0:
             text = rng.choice(AGENT_PIECES) + text
@@ -106,13 +127,13 @@ class TemplateTeacher:
 
 # %% auto #0
 __all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'DRAFT_SYSTEM', 'run_sync', 'TeacherError',
-           'FatalTeacherError', 'unsaid', 'said_lines', 'TemplateTeacher', 'OpenAITeacher', 'turn_plan', 'agent_prompt',
-           'user_prompt', 'clean_turn', 'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse',
-           'conversation_key', 'cache_key', 'load_cache', 'append_cache', 'agenerate_conversations', 'run_info',
-           'generate_conversations', 'GenerateConfig', 'split_conversations', 'generation_summary',
-           'render_conversation', 'draw_coverage', 'incremental_scenarios', 'replay_sample', 'split_after_edit',
-           'second_person', 'agent_lines', 'user_lines', 'slot_values', 'draft_asks', 'adraft_workflow',
-           'draft_workflow']
+           'FatalTeacherError', 'unsaid', 'said_lines', 'own_values', 'stated_slots', 'TemplateTeacher',
+           'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt', 'clean_turn', 'check_turn', 'similarity',
+           'match_node', 'BudgetStop', 'converse', 'conversation_key', 'cache_key', 'load_cache', 'append_cache',
+           'agenerate_conversations', 'run_info', 'generate_conversations', 'GenerateConfig', 'split_conversations',
+           'generation_summary', 'render_conversation', 'draw_coverage', 'incremental_scenarios', 'replay_sample',
+           'split_after_edit', 'second_person', 'agent_lines', 'user_lines', 'slot_values', 'draft_asks',
+           'adraft_workflow', 'draft_workflow']
 
 # %% ../nbs/02_generate.ipynb #ad54cd45
 def _retry_after(e) -> float|None:
@@ -453,7 +474,7 @@ async def converse(G:nx.DiGraph, # the workflow
     path, slots, persona = scenario["path"], scenario.get("slots") or {}, scenario.get("persona") or "neutral"
     msgs = [{"role": "system", "content": G.graph.get("agent", "")}]
     st = dict(calls=0, prompt_tokens=0, completion_tokens=0, cost=0.0, rejections=Counter())
-    base = dict(slots=slots, persona=persona, seed=scenario.get("seed", 0))
+    base = dict(slots=slots, own=own_values(G, scenario), persona=persona, seed=scenario.get("seed", 0))
     for j, step in enumerate(turn_plan(G, path)):
         ctx = dict(base, role="user", turn=j, lines=step["user_lines"], when=step["when"], first=step["first"])
         u = await _turn(user, user_prompt(G, step, msgs, slots, persona), ctx, "user", G, msgs, run, st, tries,
@@ -635,7 +656,7 @@ def generate_conversations(G:nx.DiGraph, # the workflow
 @dataclass
 class GenerateConfig:
     "How the conversations of a compile are made: how many, from which scenarios, and what the teacher may spend."
-    n: int = field(default=300, metadata={"help": "conversations to generate"})
+    n: int = field(default=500, metadata={"help": "conversations to generate (the tiny model needs about 500 to learn a route like travel_booking's)"})
     seed: int = field(default=0, metadata={"help": "scenario seed (same seed, same scenarios)"})
     concurrency: int = field(default=8, metadata={"help": "conversations in flight (endpoint teachers)"})
     max_loops: int = field(default=1, metadata={"help": "a path may visit a node up to max_loops+1 times"})
@@ -647,7 +668,8 @@ class GenerateConfig:
                           metadata={"help": "teacher prices: prompt,completion dollars per million tokens"})
     prefer_said: bool = field(default=True, metadata={
         "help": "template teacher: of a step's example lines, use those stating no detail the customer has not given "
-                "(where the step has such lines; --no-prefer-said: any of its lines)"})
+                "(where the step has such lines), and where a line must state one, a value of the agent's own, not the "
+                "customer's (--no-prefer-said: any of its lines, with the scenario's values)"})
 
     def __post_init__(self):
         if self.budget_usd is not None and self.prices is None:

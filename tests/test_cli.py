@@ -61,7 +61,7 @@ def test_compile_travel_end_to_end(travel):
     assert run["workflow"] == dict(name="travel_booking", hash=workflow_hash(load_workflow(TRAVEL)), source=str(TRAVEL))
     assert all(run["stages"][s]["done"] for s in STAGES)
     o = run["options"]
-    assert o["n"] == 12 and o["teacher"] == "template:seed=0:prefer_said" and o["eval_n"] == 1 and o["judge"] is None
+    assert o["n"] == 12 and o["teacher"] == "template:seed=0:prefer_said:own" and o["eval_n"] == 1 and o["judge"] is None
     assert o["train"]["backend"] == "tiny" and o["train"]["epochs"] == 1 and o["train"]["tiny_hidden"] == 64
     for f in ("workflow.yaml", "workflow.png", "conversations.jsonl", "data/dataset_dict.json", "data/train", "data/eval",
               "generation.json", "coverage.png", "model/config.json", "model/subterranean_config.json", "model/metrics.json",
@@ -251,9 +251,9 @@ def test_generate_prefer_said(tmp_path):
     p2 = cli("generate", TRAVEL, "--out", d, "-n", 40, "--quiet")
     assert p1.returncode == 0 and p2.returncode == 0, (p1.stderr[-2000:], p2.stderr[-2000:])
     assert "0 from the cache" in p2.stdout, p2.stdout                        # the plain teacher's turns are not its own
-    assert json.loads((d/"generation.json").read_text())["teacher"] == "template:seed=0:prefer_said"
+    assert json.loads((d/"generation.json").read_text())["teacher"] == "template:seed=0:prefer_said:own"
     rows = [json.loads(l)["row"] for l in (d/"conversations.jsonl").read_text().splitlines()]
-    assert len(rows) == 80 and {r["teacher"] for r in rows[40:]} == {"template:seed=0:prefer_said"}
+    assert len(rows) == 80 and {r["teacher"] for r in rows[40:]} == {"template:seed=0:prefer_said:own"}
     assert {r["teacher"] for r in rows[:40]} == {"template:seed=0"}
     a, b = _unsaid_statements(rows[:40]), _unsaid_statements(rows[40:])
     assert b < 0.85 * a, (a, b)

@@ -656,7 +656,8 @@ def generate_conversations(G:nx.DiGraph, # the workflow
 @dataclass
 class GenerateConfig:
     "How the conversations of a compile are made: how many, from which scenarios, and what the teacher may spend."
-    n: int = field(default=500, metadata={"help": "conversations to generate (the tiny model needs about 500 to learn a route like travel_booking's)"})
+    n: int = field(default=500, metadata={
+        "help": "conversations to generate (the tiny model needs about 500 to learn a route like travel_booking's)"})
     seed: int = field(default=0, metadata={"help": "scenario seed (same seed, same scenarios)"})
     concurrency: int = field(default=8, metadata={"help": "conversations in flight (endpoint teachers)"})
     max_loops: int = field(default=1, metadata={"help": "a path may visit a node up to max_loops+1 times"})

@@ -68,8 +68,8 @@ def own_values(G:nx.DiGraph, # the workflow: its slots' specs
     slots, out = scenario_slots(scenario), {}
     for k, spec in (G.graph.get("slots") or {}).items():
         rng = random.Random(f"{scenario.get('seed', 0)}:own:{k}")
-        tries = [sample_slot(k, spec, rng) for _ in range(20)]
-        out[k] = next((w for w in tries if str(w) != str(slots.get(k))), tries[0])
+        draws = (sample_slot(k, spec, rng) for _ in range(20))       # a slot of one value keeps it
+        out[k] = next((w for w in draws if str(w) != str(slots.get(k))), slots.get(k))
     return out
 
 def stated_slots(slots:dict, # the scenario's slot values

@@ -163,12 +163,13 @@ def unit_tokens(G:nx.DiGraph, # the workflow: its numeric slots' ranges and unit
 
 def whole_values(G:nx.DiGraph # the workflow: its listed slots' values
                 ) -> dict:
-    "{' WDL-3HX4M': 'booking_ref', ' Aiko Tanaka': 'lead_name', ...}: every listed value that is not one plain word, whole."
+    "{' WDL-3HX4M': 'booking_ref', ' Aiko Tanaka': 'lead_name', '500': 'deductible', ...}: listed values, not plain words, whole."
     from subterranean.evaluate import slot_specs
     out = {}
     for k, s in slot_specs(G).items():
-        for v in [] if s["numeric"] else s["values"]:
-            if not v.isalpha(): out[" " + v] = out[v] = k
+        for v in s["values"]:
+            if v.isdigit(): out[v] = k                    # a list of numbers ([250, 500, 1000]): the number, as a word
+            elif not v.isalpha(): out[" " + v] = out[v] = k
     return out
 
 # %% ../nbs/03a_copying.ipynb #f693e151
@@ -202,7 +203,8 @@ def seed_codes(model, # an untied tiny model (`build_tiny_model(tie=False)`)
                G:nx.DiGraph, # the workflow: its slots' values
                tokens:dict=None, # {text: slot} of whole tokens that are values too (`unit_tokens`, `whole_values`)
                scale:float=1.0, # the slots' shared output direction, in mean output-row norms
-               seed:int=0 # seed of the keys, codes and directions
+               seed:int=0, # seed of the keys, codes and directions
+               loud:float=1.0 # the size of the codes the copy head writes where the output reads them
               ) -> dict:
     "Write each value token's slot key and value code on dims of their own (`code_dims`); what `copy_head` reads."
     import torch
@@ -227,7 +229,7 @@ def seed_codes(model, # an untied tiny model (`build_tiny_model(tie=False)`)
     P = torch.zeros(hd - len(C), cfg.hidden_size)   # the other half of the value: a plain projection of the token
     P[:, main] = _rows(len(main), hd - len(C), seed + 7)
     value = torch.cat([torch.eye(cfg.hidden_size)[C], P])
-    out = torch.cat([torch.eye(cfg.hidden_size)[O], 0.1 * P]).T
+    out = torch.cat([loud * torch.eye(cfg.hidden_size)[O], 0.1 * P]).T
     dirs = _rows(len(main), len(slots), seed + 23)
     with torch.no_grad():
         e, w = E[:, main].norm(dim=1).mean(), W[:, main].norm(dim=1).mean()

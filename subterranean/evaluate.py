@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import networkx as nx
 from .workflow import turn_nodes
-from .generate import turn_plan, match_node, run_sync, TemplateTeacher, _prices
+from .generate import turn_plan, match_node, run_sync, TemplateTeacher, customer_script, script_runs, _prices
 from .chat import Agent, scripted_user
 from .paths import scenario_slots
 
@@ -262,15 +262,11 @@ def _judge_value(f, node, G, specs, slots, known):
     return next((("issued", k) for k in ks if not known[k]), ("wrong" if f["kind"] == "list" else "invented", ks[0]))
 
 # %% ../nbs/05_evaluate.ipynb #ec70d3ec
-def _customer_script(G) -> list:
-    "The words of the workflow's own customer lines (its edges' `user` examples), placeholders removed: one list a line."
-    return [_key(re.sub(r"\{\w+\}", " ", t)).split() for _, _, d in G.edges(data=True) for t in d.get("user") or []]
-
 def _literal(f, toks, script) -> bool:
-    "Is value `f` of a customer turn (`toks`: its `value_tokens`) part of a customer line's own words, with a word beside it?"
+    "Is value `f` of a customer turn (`toks`: its `value_tokens`) in a customer line's own words (`script`: `script_runs`), with a word beside it?"
     ix = [j for j, (_, a, b) in enumerate(toks) if f["start"] < b and a < f["end"]]
     w = [t for t, *_ in toks[max(0, ix[0] - 1):ix[-1] + 2]] if ix else []
-    return len(w) > len(ix) and any(_within(s, w) for s in script)
+    return len(w) > len(ix) and tuple(w) in script
 
 def slot_fidelity(conversation, # dict with `messages`, or a list of messages
                   G:nx.DiGraph, # the workflow
@@ -282,8 +278,8 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
     slots = scenario_slots(scenario or {})
     specs = specs or slot_specs(G)
     given, issued, details, turn = {k: set() for k in specs}, {k: set() for k in specs}, [], 0
-    script = _customer_script(G)
-    source = {}                                   # (slot, value) -> the message where the customer last gave it
+    script = script_runs(customer_script(G))
+    source = {}                  # (slot, value) -> the message where the customer last gave it, or the agent issued it
     for i, m in enumerate(msgs):
         if m["role"] not in ("user", "assistant"): continue
         found = find_values(m["content"], G, slots, specs)
@@ -294,8 +290,7 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
                 if f["kind"] == "number" and f["by"] != "unit":        # "5 people" names its slot; a bare 5 any
                     ks += [k for k, s in specs.items() if s["numeric"] and k not in ks and (
                         _key(slots.get(k, "")) == f["value"] or (s["values"] and _of_slot(s, f["value"])))]
-                if _literal(f, toks, script):                          # every customer's words: given if the scenario's
-                    ks = [k for k in ks if _key(slots.get(k, "")) == _key(f["value"])]
+                if _literal(f, toks, script): ks = []                  # every customer's words: no one's detail
                 for k in ks: given[k].add(_key(f["value"])); source[k, _key(f["value"])] = i
             continue
         node = match_node(m["content"], G, slots)[0]
@@ -303,7 +298,8 @@ def slot_fidelity(conversation, # dict with `messages`, or a list of messages
             known = {k: given[k] or issued[k] for k in specs}
             kind, slot = _judge_value(f, node, G, specs, slots, known)
             if kind is None: continue
-            if kind == "issued": issued[slot].add(_key(f["value"]))
+            if kind == "issued":              # the agent's own value: later turns repeat it from here
+                issued[slot].add(_key(f["value"])); source.setdefault((slot, _key(f["value"])), i)
             details.append(dict(turn=turn, node=node, slot=slot, value=f["value"], kind=kind,
                                 expected=sorted(known[slot]) if slot in known else None,
                                 message=i, start=f["start"], end=f["end"],
@@ -330,7 +326,7 @@ def copy_drills(conversation, # dict with `messages`, or a list of messages
                 scenario:dict, # with `slots` (a dict, or its JSON)
                 specs:dict=None # `slot_specs(G)`, when already made
                ) -> list:
-    "dict(messages, spans) per assistant turn repeating values the customer gave: a short copy drill."
+    "dict(messages, spans) per assistant turn repeating values the customer gave or the agent issued: a short copy drill."
     msgs = conversation["messages"] if isinstance(conversation, dict) else conversation
     turns = {}
     for d in slot_fidelity(msgs, G, scenario, specs)["details"]:
@@ -338,7 +334,8 @@ def copy_drills(conversation, # dict with `messages`, or a list of messages
     head, out = [msgs[0]] if msgs and msgs[0]["role"] == "system" else [], []
     for i, ds in turns.items():
         if msgs[i - 1]["role"] != "user": continue
-        keep = {j for d in ds for j in (d["source"], d["source"] + 1) if j < i - 1} | {i - 1}
+        pairs = [(s, s + 1) if msgs[s]["role"] == "user" else (s - 1, s) for s in (d["source"] for d in ds)]
+        keep = {j for p in pairs for j in p if j < i - 1} | {i - 1}          # each source with its turn's other half
         out.append(dict(messages=head + [msgs[j] for j in sorted(keep)] + [msgs[i]],
                         spans=sorted({(d["start"], d["end"]) for d in ds})))
     return out

@@ -49,16 +49,23 @@ AGENT_PIECES = ["Sure. ", "Of course. ", "Thanks. ", "Alright. "]   # short lead
 
 def unsaid(line:str, # a line with `{slot}` placeholders
            slots:dict, # the scenario's slot values
-           said:str # what the customer has said so far
+           said:str, # what the customer has said so far
+           script=() # the workflow's own customer words (`script_runs`): a value among them was not given
           ) -> int:
     "How many of the slot values `line` would state are not in `said` (as whole words, any case)."
-    return sum(1 for k in dict.fromkeys(placeholders(line)) if k in slots and not _said(slots[k], said))
+    return sum(1 for k in dict.fromkeys(placeholders(line)) if k in slots and not _said(slots[k], said, script))
 
-def _said(v, said): return re.search(rf"(?<!\w){re.escape(str(v))}(?!\w)", said, re.I) is not None
+def _said(v, said, script=()):
+    "Is `v` in `said` as whole words (any case), somewhere other than inside the workflow's own customer words?"
+    ms = list(re.finditer(rf"(?<!\w){re.escape(str(v))}(?!\w)", said, re.I))
+    if not (ms and script): return bool(ms)
+    from subterranean.evaluate import value_tokens, _literal
+    toks = value_tokens(said)
+    return not all(_literal(dict(start=m.start(), end=m.end()), toks, script) for m in ms)
 
-def said_lines(lines:list, slots:dict, said:str) -> list:
+def said_lines(lines:list, slots:dict, said:str, script=()) -> list:
     "The `lines` that would state fewest slot values the customer has not said (`unsaid`), in their order."
-    n = [unsaid(x, slots, said) for x in lines]
+    n = [unsaid(x, slots, said, script) for x in lines]
     return [x for x, k in zip(lines, n) if k == min(n)]
 
 def own_values(G:nx.DiGraph, # the workflow: its slots' specs
@@ -74,10 +81,11 @@ def own_values(G:nx.DiGraph, # the workflow: its slots' specs
 
 def stated_slots(slots:dict, # the scenario's slot values
                  own:dict, # the agent's own values (`own_values`)
-                 said:str # what the customer has said so far
+                 said:str, # what the customer has said so far
+                 script=() # the workflow's own customer words (`script_runs`)
                 ) -> dict:
     "The values an agent's line states: the customer's where they have said it, else the agent's own."
-    return {k: v if _said(v, said) or k not in own else own[k] for k, v in slots.items()}
+    return {k: v if _said(v, said, script) or k not in own else own[k] for k, v in slots.items()}
 
 class TemplateTeacher:
     "An offline teacher: realises each turn from the workflow's example lines, deterministically under `seed`."
@@ -102,8 +110,8 @@ class TemplateTeacher:
                                     f"{ctx.get('role')} turn "
                                               "(add `examples` to the node, or use an OpenAITeacher)")
         if self.prefer_said and ctx.get("role") == "agent" and "said" in ctx:
-            lines = said_lines(lines, slots, ctx["said"])
-            slots = stated_slots(slots, ctx.get("own") or {}, ctx["said"])
+            lines = said_lines(lines, slots, ctx["said"], ctx.get("script") or ())
+            slots = stated_slots(slots, ctx.get("own") or {}, ctx["said"], ctx.get("script") or ())
         i = (rng.randrange(len(lines)) + ctx.get("attempt", 0)) % len(lines)   # a retry takes the next line
         text = fill(lines[i], slots).strip()
         vary = rng.random() < self.vary or ctx.get("attempt", 0) >= len(lines)  # vary more once every line was tried
@@ -128,12 +136,12 @@ class TemplateTeacher:
 # %% auto #0
 __all__ = ['PERSONA_PIECES', 'AGENT_PIECES', 'GENERIC_ACKS', 'COLUMNS', 'DRAFT_SYSTEM', 'run_sync', 'TeacherError',
            'FatalTeacherError', 'unsaid', 'said_lines', 'own_values', 'stated_slots', 'TemplateTeacher',
-           'OpenAITeacher', 'turn_plan', 'agent_prompt', 'user_prompt', 'clean_turn', 'check_turn', 'similarity',
-           'match_node', 'BudgetStop', 'converse', 'conversation_key', 'cache_key', 'load_cache', 'append_cache',
-           'agenerate_conversations', 'run_info', 'generate_conversations', 'GenerateConfig', 'split_conversations',
-           'generation_summary', 'render_conversation', 'draw_coverage', 'incremental_scenarios', 'replay_sample',
-           'split_after_edit', 'second_person', 'agent_lines', 'user_lines', 'slot_values', 'draft_asks',
-           'adraft_workflow', 'draft_workflow']
+           'OpenAITeacher', 'turn_plan', 'customer_script', 'script_runs', 'agent_prompt', 'user_prompt', 'clean_turn',
+           'check_turn', 'similarity', 'match_node', 'BudgetStop', 'converse', 'conversation_key', 'cache_key',
+           'load_cache', 'append_cache', 'agenerate_conversations', 'run_info', 'generate_conversations',
+           'GenerateConfig', 'split_conversations', 'generation_summary', 'render_conversation', 'draw_coverage',
+           'incremental_scenarios', 'replay_sample', 'split_after_edit', 'second_person', 'agent_lines', 'user_lines',
+           'slot_values', 'draft_asks', 'adraft_workflow', 'draft_workflow']
 
 # %% ../nbs/02_generate.ipynb #ad54cd45
 def _retry_after(e) -> float|None:
@@ -259,6 +267,17 @@ def turn_plan(G:nx.DiGraph, path:list) -> list:
         if lines is None: lines = (G.graph.get("openers") or DEFAULT_OPENERS) if j == 0 else GENERIC_ACKS
         plan.append(dict(node=path[k], user_lines=list(lines), when=when, first=j == 0))
     return plan
+
+def customer_script(G:nx.DiGraph) -> list:
+    "The workflow's own words in each customer line (openers, acks, edges' `user` lines), placeholders out: word lists."
+    from subterranean.evaluate import value_tokens
+    lines = [*(G.graph.get("openers") or DEFAULT_OPENERS), *GENERIC_ACKS,
+             *(t for *_, us in G.edges(data="user") for t in us or [])]
+    return [[w for w, *_ in value_tokens(re.sub(r"\{\w+\}", " ", t))] for t in lines]
+
+def script_runs(script:list) -> frozenset:
+    "Every run of consecutive words of each line of `script` (`customer_script`): what a value's words are looked up in."
+    return frozenset(tuple(s[i:j]) for s in script for i in range(len(s)) for j in range(i + 1, len(s) + 1))
 
 # %% ../nbs/02_generate.ipynb #c947d1d4
 def _knowledge(G, node):
@@ -466,7 +485,8 @@ async def converse(G:nx.DiGraph, # the workflow
                    run:_Run=None, # the run's shared budget and counters
                    tries:int=3, # attempts per turn before the conversation is dropped
                    max_chars:int=1500, # longer turns are rejected
-                   grams=None # n-grams seen so far, to reject repeats
+                   grams=None, # n-grams seen so far, to reject repeats
+                   script=None # `script_runs(customer_script(G))`, when already made
                   ) -> dict|None:
     "Generate the conversation of one `scenario` along its path; the dataset row, or None when a turn fails every try."
     user, run = user or teacher, run or _Run()
@@ -474,7 +494,8 @@ async def converse(G:nx.DiGraph, # the workflow
     path, slots, persona = scenario["path"], scenario.get("slots") or {}, scenario.get("persona") or "neutral"
     msgs = [{"role": "system", "content": G.graph.get("agent", "")}]
     st = dict(calls=0, prompt_tokens=0, completion_tokens=0, cost=0.0, rejections=Counter())
-    base = dict(slots=slots, own=own_values(G, scenario), persona=persona, seed=scenario.get("seed", 0))
+    script = script_runs(customer_script(G)) if script is None else script
+    base = dict(slots=slots, own=own_values(G, scenario), script=script, persona=persona, seed=scenario.get("seed", 0))
     for j, step in enumerate(turn_plan(G, path)):
         ctx = dict(base, role="user", turn=j, lines=step["user_lines"], when=step["when"], first=step["first"])
         u = await _turn(user, user_prompt(G, step, msgs, slots, persona), ctx, "user", G, msgs, run, st, tries,
@@ -601,6 +622,7 @@ async def agenerate_conversations(G:nx.DiGraph, # the workflow
     # longest first: the last wave finishes together (rows stay in scenario order)
     todo.sort(key=lambda ks: -len(ks[1]["path"]))
     run, grams, sem = _Run(budget_tokens, budget_usd, prices), _when_grams(G), asyncio.Semaphore(concurrency)
+    script = script_runs(customer_script(G))                          # the customer lines' own words, once
     f = open(cache, "a", encoding="utf-8") if cache else None
     bar, t0, in_flight = _bar(len(scs), len(scs) - len(todo), progress), time.perf_counter(), [0]
 
@@ -608,7 +630,7 @@ async def agenerate_conversations(G:nx.DiGraph, # the workflow
         async with sem:
             if not run.can_start(in_flight[0]): return
             in_flight[0] += 1
-            try: row = await converse(G, s, teacher, user_, run, tries, max_chars, grams)
+            try: row = await converse(G, s, teacher, user_, run, tries, max_chars, grams, script)
             except BudgetStop: return
             except FatalTeacherError: run.stopped = True; raise
             except TeacherError as e: run.failed += 1; run.errors.append(str(e)); return

@@ -183,10 +183,11 @@ SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 def train_tokenizer(ds, # conversations: a `messages` column
                     vocab_size:int=2048, # the vocabulary size, special tokens included
                     min_frequency:int=2, # the fewest occurrences of a pair that BPE merges
-                    tokens=() # whole tokens to add (`unit_tokens`: " 4 nights"), matched before the BPE pieces
+                    tokens=() # whole tokens to add (`unit_tokens`: " 4 nights"), matched before the BPE pieces;
+                              # a number ("500") only as a word of its own, never inside another ("2500", "$15000")
                    ):
     "A byte-level BPE tokenizer trained on the dataset's messages, with ChatML special tokens and chat template."
-    from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+    from tokenizers import Tokenizer, AddedToken, models, pre_tokenizers, decoders, trainers
     from transformers import PreTrainedTokenizerFast
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -199,7 +200,7 @@ def train_tokenizer(ds, # conversations: a `messages` column
     tok = PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                   pad_token="<|pad|>", unk_token=None, additional_special_tokens=["<|im_start|>"])
     tok.chat_template = CHATML
-    if tokens: tok.add_tokens(list(tokens))
+    if tokens: tok.add_tokens([AddedToken(x, single_word=x.isdigit(), normalized=True) for x in tokens])
     return tok
 
 # %% ../nbs/03_train.ipynb #4ed68db2
@@ -829,7 +830,8 @@ def start_model(cfg:CompileConfig, # the settings
             if codes:        # keys and codes on dims of their own; the query reads what the output is about to say
                 try: c = seed_codes(model, tok, G, tokens, cfg.slot_prior, cfg.seed)
                 except ValueError as e: raise CompileError(f"tiny_codes: {e}") from None
-                copy_head(model, c["queries"], seed=cfg.seed, keys=c["keys"], value=c["value"], out=c["out"], sharp=3.0)
+                copy_head(model, c["queries"], seed=cfg.seed, keys=c["keys"], value=c["value"], out=c["out"],
+                          sharp=12.0)  # a key is small where the stream is large: sharp enough there too (03a)
                 hold(model)
                 return model, tok
             dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, tokens=tokens)

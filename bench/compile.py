@@ -6,7 +6,7 @@ JSON: slot fidelity, judge-free task success, per-turn adherence and right end (
 the stated values right / wrong / invented / issued per slot (`by_slot`: which details the model loses),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
 Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 500] [--eval-n 30] [--seed 1]
-     [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-prefer-said]
+     [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-prefer-said] [--opening-weight 1]
 (`TINY_DEFAULTS` hold the copy head with its codes, and the template teacher prefers lines stating only what the
 customer said; the `--no-` flags give the settings before them.)
 """
@@ -33,6 +33,8 @@ def main():
     p.add_argument("--prefer-said", action=argparse.BooleanOptionalAction, default=True,
                    help="the template teacher's agent lines state no detail the customer has not given, where a step "
                    "has such lines (TemplateTeacher(prefer_said=True), the default)")
+    p.add_argument("--opening-weight", type=float, default=None, help="loss weight of the first tokens of each "
+                   "assistant turn (opening_weight; default: as TINY_DEFAULTS, 3; 1 weighs every token the same)")
     a = p.parse_args()
     import torch
     from transformers.utils import logging; logging.set_verbosity_error()
@@ -50,6 +52,7 @@ def main():
     t_data = time.time() - t0
     kw = dict(TINY_DEFAULTS, **({"epochs": a.epochs} if a.epochs else {}))
     if a.copy_head is not None: kw.update(tiny_copy_head=a.copy_head)
+    if a.opening_weight is not None: kw.update(opening_weight=a.opening_weight)
     if a.codes is not None: kw.update(tiny_codes=a.codes)
     if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6, tiny_codes=False)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), seed=a.seed, **kw)
@@ -61,7 +64,7 @@ def main():
     fig = lambda k: dict(mean=round(S[k]["mean"], 4), ci=[round(x, 4) for x in S[k]["ci"]])
     print(json.dumps(dict(workflow=G.graph.get("name"), backend="tiny", seed=a.seed,
         copy_head=kw.get("tiny_copy_head", False), codes=kw.get("tiny_codes", False), copy_heads=a.copy_heads,
-        prefer_said=a.prefer_said, device="cpu",
+        prefer_said=a.prefer_said, opening_weight=cfg.opening_weight, device="cpu",
         torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), python=platform.python_version(),
         train_conversations=len(sp["train"]), heldout_scenarios=len(scs),
         slot_fidelity=fig("slot_fidelity"), task_success=fig("task_success_rate"), adherence=fig("adherence_accuracy"),

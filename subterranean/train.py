@@ -11,9 +11,10 @@ __all__ = ['CONFIG_FILE', 'PRESETS', 'CHATML', 'SPECIALS', 'SHIPPED', 'LINEAR', 
            'prepare_dataset', 'build_tiny_model', 'drill_dataset', 'cache_dir', 'stop_token_ids', 'fix_special_tokens',
            'convert_gguf', 'offline_copy', 'resolve_model', 'mixed_precision', 'load_error', 'load_hf', 'train_only',
            'upper_layers', 'load_unsloth', 'checkpoint_step', 'mark_checkpoint', 'checkpoint_complete',
-           'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing', 'peak_rss_mb', 'train',
-           'draw_loss', 'place_gguf', 'fingerprint', 'resume_point', 'start_model', 'compile_model', 'base_16bit',
-           'load_compiled', 'generate_replies', 'node_adherence', 'demo_models']
+           'last_checkpoint', 'prune_checkpoints', 'checkpointer', 'loss_bar', 'checkpointing', 'opening_weights',
+           'weighing', 'weighted_loss', 'weighed_trainer', 'peak_rss_mb', 'train', 'draw_loss', 'place_gguf',
+           'fingerprint', 'resume_point', 'start_model', 'compile_model', 'base_16bit', 'load_compiled',
+           'generate_replies', 'node_adherence', 'demo_models']
 
 # %% ../nbs/03_train.ipynb #3622d72f
 import json, os, time, math, resource, warnings, dataclasses
@@ -95,6 +96,10 @@ class CompileConfig:
         "help": "passes over copy drills (the values the agent repeats from the customer) before the conversations; "
                 "0: none"})
     drill_learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate of the copy drills"})
+    opening_weight: float = field(default=1.0, metadata={
+        "help": "loss weight of the first `opening_tokens` tokens of each assistant turn, the words that say which "
+                "step it is (the rest weigh 1); 1: a plain mean"})
+    opening_tokens: int = field(default=8, metadata={"help": "how many tokens of each assistant turn `opening_weight` weighs"})
     workflow: dict = field(default=None, metadata={
         "help": "{name, hash} of the workflow: set by compile_model from the data"})
 
@@ -183,14 +188,16 @@ SPECIALS = ["<|pad|>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 def train_tokenizer(ds, # conversations: a `messages` column
                     vocab_size:int=2048, # the vocabulary size, special tokens included
                     min_frequency:int=2, # the fewest occurrences of a pair that BPE merges
-                    tokens=() # whole tokens to add (`unit_tokens`: " 4 nights"), matched before the BPE pieces;
-                              # a number ("500") only as a word of its own, never inside another ("2500", "$15000")
+                    tokens=(), # whole tokens to add (`unit_tokens`: " 4 nights"), matched before the BPE pieces;
+                               # a number ("500") only as a word of its own, never inside another ("2500", "$15000")
+                    digits:bool=True # every other number in single digits ("$14250": " $", "1", "4", "2", "5", "0")
                    ):
     "A byte-level BPE tokenizer trained on the dataset's messages, with ChatML special tokens and chat template."
     from tokenizers import Tokenizer, AddedToken, models, pre_tokenizers, decoders, trainers
     from transformers import PreTrainedTokenizerFast
     t = Tokenizer(models.BPE())
     t.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if digits: t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), t.pre_tokenizer])
     t.decoder = decoders.ByteLevel()
     tr = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS,
                              initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
@@ -671,6 +678,50 @@ def checkpointing(cfg:CompileConfig) -> bool:
     fsdp_own = os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() == "true"
     return cfg.gradient_checkpointing and cfg.resolved_backend() != "unsloth" and not fsdp_own
 
+# %% ../nbs/03_train.ipynb #effa7971
+def opening_weights(labels, # a batch of labels, -100 where not trained on
+                    n:int=8, # how many tokens of each assistant turn weigh more
+                    weight:float=3.0 # what they weigh (the rest weigh 1)
+                   ):
+    "Per-token loss weights: `weight` on the first `n` trained tokens of each run of them (an assistant turn), 1 after, 0 where untrained."
+    import torch
+    trained = labels != -100
+    pos = torch.arange(labels.shape[-1]).expand_as(labels)
+    last_untrained = torch.where(trained, -1, pos).cummax(-1).values
+    return torch.where(pos - last_untrained <= n, weight, 1.0) * trained
+
+def weighing(collate, # a collator that returns `labels`
+             n:int=8, weight:float=3.0):
+    "`collate` with `loss_weights` (`opening_weights`) added to each batch."
+    def weighed(features, *a, **kw):
+        b = collate(features, *a, **kw)
+        b["loss_weights"] = opening_weights(b["labels"], n, weight)
+        return b
+    return weighed
+
+def weighted_loss(logits, labels, weights):
+    "Next-token cross-entropy of `logits` against `labels`, each token weighed by `weights`: the weighted mean."
+    import torch.nn.functional as F
+    ce = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), labels[:, 1:], ignore_index=-100, reduction="none")
+    w = weights[:, 1:].to(ce.dtype)
+    return (ce * w).sum() / w.sum().clamp(min=1e-6)
+
+def weighed_trainer():
+    "TRL's `SFTTrainer`, its loss weighed by the batches' `loss_weights` where they have them (`weighing`)."
+    from trl import SFTTrainer
+    class WeighedSFTTrainer(SFTTrainer):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.model_accepts_loss_kwargs = False    # a per-batch mean: the trainer divides by gradient accumulation
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            w = inputs.pop("loss_weights", None)
+            if w is None: return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            loss = weighted_loss(out.logits, labels, w)
+            return (loss, out) if return_outputs else loss
+    return WeighedSFTTrainer
+
 # %% ../nbs/03_train.ipynb #29c146e5
 def peak_rss_mb() -> float:
     "Peak resident memory of this process so far, in MiB."
@@ -716,9 +767,11 @@ def train(model, # the model to train (from `start_model`)
     if getattr(model.config, "tie_word_embeddings", False) and tied and not model._keys_to_ignore_on_save:
         model._keys_to_ignore_on_save = list(tied)   # a checkpoint holds tied weights once: reloading it re-ties them
     coll = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, pad_to_multiple_of=8)
+    if cfg.opening_weight != 1: coll = weighing(coll, cfg.opening_tokens, cfg.opening_weight)
     cbs = [checkpointer(fingerprint, save_steps, save_minutes, log, resume_from),
            *([loss_bar(desc)] if progress and is_main_process() else []), *(callbacks or [])]
-    tr = SFTTrainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok if ev else None,
+    Trainer = weighed_trainer() if cfg.opening_weight != 1 else SFTTrainer
+    tr = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok if ev else None,
                     processing_class=tok, data_collator=coll, callbacks=cbs)
     tr.remove_callback(PrinterCallback)                 # the log dicts go to `log_history`, not the terminal
     tr.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -828,7 +881,7 @@ def start_model(cfg:CompileConfig, # the settings
         carry = previous_token_head(model, carry=0.1 * cfg.tiny_copy_head, seed=cfg.seed) if cfg.tiny_prev_head else None
         if cfg.slot_prior and G is not None:
             if codes:        # keys and codes on dims of their own; the query reads what the output is about to say
-                try: c = seed_codes(model, tok, G, tokens, cfg.slot_prior, cfg.seed)
+                try: c = seed_codes(model, tok, G, tokens, cfg.slot_prior, cfg.seed, loud=3.0)  # the openings weighed
                 except ValueError as e: raise CompileError(f"tiny_codes: {e}") from None
                 copy_head(model, c["queries"], seed=cfg.seed, keys=c["keys"], value=c["value"], out=c["out"],
                           sharp=12.0)  # a key is small where the stream is large: sharp enough there too (03a)
@@ -917,7 +970,7 @@ def _drilled_before(out, fp) -> dict:
 
 TINY_DEFAULTS = dict(epochs=6, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
                      tiny_layers=3, tiny_init=0.05, slot_prior=1.0, tiny_copy_head=True, tiny_codes=True, drill_epochs=2,
-                     drill_learning_rate=1e-3)
+                     drill_learning_rate=1e-3, opening_weight=3.0)
 "Tuned settings for the tiny backend: 500 travel_booking conversations (450 trained on) compile in under 5 minutes on 2 CPU cores."
 
 def compile_model(train_ds, # conversations (a `messages` column), e.g. from `generate_conversations`

@@ -229,6 +229,10 @@ def _of_slot(s, v):
     if s["values"]: return v in {_key(x) for x in s["values"]}
     return v.isdigit() and s["lo"] is not None and s["lo"] <= int(v) <= s["hi"]
 
+def _may_issue(s, v):
+    "Could the agent issue `v` (a key) as slot spec `s`'s value: on its list, in its range, or the slot bounds neither?"
+    return _of_slot(s, v) or not (s["values"] or s["lo"] is not None or s["hi"] is not None)
+
 # %% ../nbs/05_evaluate.ipynb #8fd6614c
 def _states(figures, v, unit, strict):
     "Does a text with `figures` state the number `v`: with the same unit when `strict`, else at all?"
@@ -255,7 +259,7 @@ def _judge_value(f, node, G, specs, slots, known):
         if _states(_figures(script), v, f["unit"], strict): return "script", None
         if of: return next((("issued", k) for k in of if not known[k]), ("wrong", of[0]))
         if _states(every, v, f["unit"], strict) and (amount or ks): return "wrong", "knowledge"
-        if ks: return next((("issued", k) for k in ks if not known[k]), ("invented", ks[0]))
+        if ks: return next((("issued", k) for k in ks if not known[k] and _may_issue(specs[k], v)), ("invented", ks[0]))
         return ("invented", "knowledge") if amount else (None, None)
     if _within(_key(script).split(), v.split()): return "script", None
     if any(map(right, ks)): return "right", next(filter(right, ks))

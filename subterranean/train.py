@@ -772,7 +772,7 @@ def train(model, # the model to train (from `start_model`)
            *([loss_bar(desc)] if progress and is_main_process() else []), *(callbacks or [])]
     Trainer = weighed_trainer() if cfg.opening_weight != 1 else SFTTrainer
     tr = Trainer(model=model, args=args, train_dataset=train_tok, eval_dataset=eval_tok if ev else None,
-                    processing_class=tok, data_collator=coll, callbacks=cbs)
+                 processing_class=tok, data_collator=coll, callbacks=cbs)
     tr.remove_callback(PrinterCallback)                 # the log dicts go to `log_history`, not the terminal
     tr.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     return tr
@@ -881,7 +881,7 @@ def start_model(cfg:CompileConfig, # the settings
         carry = previous_token_head(model, carry=0.1 * cfg.tiny_copy_head, seed=cfg.seed) if cfg.tiny_prev_head else None
         if cfg.slot_prior and G is not None:
             if codes:        # keys and codes on dims of their own; the query reads what the output is about to say
-                try: c = seed_codes(model, tok, G, tokens, cfg.slot_prior, cfg.seed, loud=3.0)  # the openings weighed
+                try: c = seed_codes(model, tok, G, tokens, cfg.slot_prior, cfg.seed, loud=3.0)  # louder codes (03a)
                 except ValueError as e: raise CompileError(f"tiny_codes: {e}") from None
                 copy_head(model, c["queries"], seed=cfg.seed, keys=c["keys"], value=c["value"], out=c["out"],
                           sharp=12.0)  # a key is small where the stream is large: sharp enough there too (03a)

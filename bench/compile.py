@@ -6,7 +6,7 @@ JSON: slot fidelity, judge-free task success, per-turn adherence and right end (
 the stated values right / wrong / invented / issued per slot (`by_slot`: which details the model loses),
 generation and training wall time, training tokens/s and steps, and the machine's load while it ran.
 Run: .venv/bin/python bench/compile.py [--workflow zoom_support] [--n 500] [--eval-n 30] [--seed 1]
-     [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-prefer-said] [--opening-weight 1]
+     [--no-copy-head | --copy-heads] [--codes | --no-codes] [--no-digit-head] [--no-prefer-said] [--opening-weight 1]
 (`TINY_DEFAULTS` hold the copy head with its codes, and the template teacher prefers lines stating only what the
 customer said; the `--no-` flags give the settings before them.)
 """
@@ -28,6 +28,9 @@ def main():
     p.add_argument("--codes", action=argparse.BooleanOptionalAction, default=None,
                    help="the copy head's keys and codes on dims of their own of an untied model, values as whole tokens, "
                    "held while training (tiny_codes; default: as TINY_DEFAULTS, which hold them)")
+    p.add_argument("--digit-head", action=argparse.BooleanOptionalAction, default=None,
+                   help="the induction head that continues numbers said before, digit by digit (tiny_digit_head; "
+                   "default: as TINY_DEFAULTS, which hold it)")
     p.add_argument("--copy-heads", action="store_true", help="add the heads built to copy (tiny_copy_head, "
                    "tiny_prev_head, tiny_rope_theta=1e6) to TINY_DEFAULTS, without the codes")
     p.add_argument("--prefer-said", action=argparse.BooleanOptionalAction, default=True,
@@ -54,7 +57,9 @@ def main():
     if a.copy_head is not None: kw.update(tiny_copy_head=a.copy_head)
     if a.opening_weight is not None: kw.update(opening_weight=a.opening_weight)
     if a.codes is not None: kw.update(tiny_codes=a.codes)
-    if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6, tiny_codes=False)
+    if a.digit_head is not None or a.codes is False: kw.update(tiny_digit_head=bool(a.digit_head))  # needs the codes
+    if a.copy_heads: kw.update(tiny_copy_head=True, tiny_prev_head=True, tiny_rope_theta=1e6, tiny_codes=False,
+                               tiny_digit_head=False)
     cfg = CompileConfig(backend="tiny", output_dir=a.out or tempfile.mkdtemp(), seed=a.seed, **kw)
     res = compile_model(sp["train"], cfg, sp["eval"], G, progress=False)
     t1 = time.time()
@@ -63,7 +68,8 @@ def main():
     S = r["summary"]["compiled"]
     fig = lambda k: dict(mean=round(S[k]["mean"], 4), ci=[round(x, 4) for x in S[k]["ci"]])
     print(json.dumps(dict(workflow=G.graph.get("name"), backend="tiny", seed=a.seed,
-        copy_head=kw.get("tiny_copy_head", False), codes=kw.get("tiny_codes", False), copy_heads=a.copy_heads,
+        copy_head=kw.get("tiny_copy_head", False), codes=kw.get("tiny_codes", False),
+        digit_head=kw.get("tiny_digit_head", False), copy_heads=a.copy_heads,
         prefer_said=a.prefer_said, opening_weight=cfg.opening_weight, device="cpu",
         torch_threads=torch.get_num_threads(), cpus=os.cpu_count(), python=platform.python_version(),
         train_conversations=len(sp["train"]), heldout_scenarios=len(scs),

@@ -1,4 +1,4 @@
-"""Starting weights that make the tiny model repeat the customer's details: slot directions, a copy head, a previous-token head, a number head, codes
+"""Starting weights that make the tiny model repeat the customer's details: slot directions, a copy head, a previous-token head, a number head, codes, a digit head
 
 Docs: https://subterranean-ai.github.io/subterranean-compiler/copying.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://subterranean-ai.github.io/subterranean-compiler/copying.html.md"""
 
 # %% auto #0
 __all__ = ['seed_slot_embeddings', 'copy_head', 'previous_token_head', 'seed_unit_embeddings', 'unit_tokens', 'whole_values',
-           'code_dims', 'seed_codes', 'hold']
+           'code_dims', 'seed_codes', 'hold', 'digit_head']
 
 # %% ../nbs/03a_copying.ipynb #6c560c63
 import math
@@ -100,9 +100,10 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
                         strength:float=40.0, # the score at distance 1 is `freqs * strength / sqrt(head_dim)`
                         freqs:int=8, # how many of the fastest RoPE frequencies shape the peak
                         carry:float=0.0, # > 0: value and output pass on a projection of the previous token, this large
-                        seed:int=0 # seed of that projection
+                        seed:int=0, # seed of that projection
+                        distance:int=1 # how many tokens back it looks (2: the token before the previous one)
                        ):
-    "Make one attention head attend to the token before each position (query and key: constant RoPE phasors one step apart); the projection it carries, if any."
+    "Make one attention head attend to the token `distance` before each position (query and key: constant RoPE phasors one step apart); the projection it carries, if any."
     import math, torch
     cfg, att = model.config, model.model.layers[layer].self_attn
     if att.q_proj.bias is None: raise ValueError("previous_token_head needs attention biases (attention_bias=True)")
@@ -114,7 +115,7 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
         for f in range(min(freqs, half)):      # RoPE turns dims f and f + half together, by position * theta_f
             th = base ** (-2 * f / hd)
             att.q_proj.bias[o + f] = a
-            att.k_proj.bias[o + f], att.k_proj.bias[o + f + half] = a * math.cos(th), a * math.sin(th)
+            att.k_proj.bias[o + f], att.k_proj.bias[o + f + half] = a * math.cos(distance * th), a * math.sin(distance * th)
         if not carry: return None
         P = _rows(cfg.hidden_size, hd, seed + 11)          # not the stream of the slot directions of the same seed
         att.v_proj.weight[o:o + hd], att.v_proj.bias[o:o + hd], att.o_proj.weight[:, o:o + hd] = P, 0, carry * P.T
@@ -257,7 +258,9 @@ def hold(model, # a model built with `seed_codes` and its `copy_head`
     cfg = model.config
     D = getattr(cfg, "code_dims", None)
     if not D: raise ValueError("hold: this model has no codes (its config names no code_dims): build them with seed_codes")
-    own, hd = torch.tensor(D["keys"] + D["codes"] + D["out"]), _head_dim(cfg)
+    N = D.get("digits") or {}                           # `digit_head`'s dims and heads, where it was built
+    own = D["keys"] + D["codes"] + D["out"] + [i for k in ("id", "prev", "prev2", "out", "one") for i in N.get(k, [])]
+    own, hd = torch.tensor(own), _head_dim(cfg)
     o, c, att = (head % cfg.num_attention_heads) * hd, len(D["codes"]), model.model.layers[layer].self_attn
     def zero(*idx):
         def f(g): g = g.clone(); g[idx] = 0; return g
@@ -269,4 +272,81 @@ def hold(model, # a model built with `seed_codes` and its `copy_head`
     hooks += [att.q_proj.weight.register_hook(zero(slice(o, o + hd))), att.k_proj.weight.register_hook(zero(slice(o, o + hd))),
               att.v_proj.weight.register_hook(zero(slice(o, o + c))),
               att.o_proj.weight.register_hook(zero(slice(None), slice(o, o + c)))]
+    for l, h in N.get("heads", []):                     # the digit head and the two heads that feed it: held whole
+        a, r = model.model.layers[l].self_attn, slice(h * hd, h * hd + hd)
+        for p in (a.q_proj, a.k_proj, a.v_proj):
+            hooks.append(p.weight.register_hook(zero(r)))
+            if p.bias is not None: hooks.append(p.bias.register_hook(zero(r)))
+        hooks.append(a.o_proj.weight.register_hook(zero(slice(None), r)))
     return hooks
+
+# %% ../nbs/03a_copying.ipynb #ea4f4c07
+def _digit_tokens(tok, G:nx.DiGraph) -> list:
+    "The single tokens of the ten digits and of the numeric slots' prefixes ('$', ' $'): what `digit_head` codes."
+    from subterranean.evaluate import slot_specs
+    pre = sorted({p for s in slot_specs(G).values() if s["numeric"] for p in s["prefixes"]})
+    out = []
+    for x in [str(d) for d in range(10)] + pre + [" " + p for p in pre]:
+        ids = tok(x, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1 and ids[0] not in out: out.append(ids[0])
+    return out
+
+def digit_head(model, # an untied tiny model with attention biases, its codes seeded (`seed_codes`)
+                tok, # its tokenizer (numbers digit by digit: 03_train's `train_tokenizer(digits=True)`)
+                G:nx.DiGraph, # the workflow: its numeric slots' prefixes
+                sharp:float=25.0, # how sharply the head picks the position after the same two tokens
+                loud:float=3.0, # the size of what it writes where the output reads it
+                recency:float=4.0, # how much nearer matches are preferred
+                head:int=-2 # which head of the last layer (the copy head is the last)
+               ) -> dict:
+    "Build an induction head for numbers: first-layer heads 0 and 1 carry the codes one and two tokens back, a last-layer head continues a number said before; its dims and heads."
+    import torch
+    cfg = model.config
+    D = getattr(cfg, "code_dims", None)
+    if not D: raise ValueError("digit_head needs the codes' dims: run seed_codes first")
+    att0, att = model.model.layers[0].self_attn, model.model.layers[-1].self_attn
+    if att0.q_proj.bias is None: raise ValueError("digit_head needs attention biases (build_tiny_model(bias=True))")
+    toks, hd, h = _digit_tokens(tok, G), _head_dim(cfg), cfg.hidden_size
+    n = (len(toks) + 1) // 2                         # codes +e_k and -e_k: n dims hold 2n tokens
+    m, top = n + 1, min(D["keys"])                   # the codes and one dim saying "a number's token", below the keys
+    if 2 * n + 1 > hd - 4 or top - 3 * m - n - 1 < h // 4:
+        raise ValueError(f"a hidden size of {h} cannot spare dims for the digit head's {len(toks)} tokens: give the "
+                         "tiny model a wider one (tiny_hidden, 128 in TINY_DEFAULTS)")
+    ID, PREV, PREV2 = [list(range(top - (i + 1) * m, top - i * m)) for i in range(3)]
+    OUT, ONE = list(range(top - 3 * m - n, top - 3 * m)), top - 3 * m - n - 1      # ONE: every token's, the same
+    own, codes = ID + PREV + PREV2 + OUT + [ONE], set(D["keys"] + D["codes"] + D["out"])
+    code = {t: torch.cat([(-1) ** j * torch.eye(n)[j // 2], torch.ones(1)]) for j, t in enumerate(toks)}
+    E, W = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    main = [i for i in range(h) if i not in set(own) | codes]
+    base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    o, half = (head % cfg.num_attention_heads) * hd, hd // 2
+    dim = lambda j: o + half - 1 - j // 2 + (j % 2) * half      # the head's slowest RoPE pairs first, two dims a pair
+    with torch.no_grad():
+        e, w = E[:, main].norm(dim=1).mean(), W[:, main].norm(dim=1).mean()
+        E[:, own], W[:, own] = 0, 0
+        for L in model.model.layers: L.self_attn.o_proj.weight[own], L.mlp.down_proj.weight[own] = 0, 0
+        for t, c in code.items(): E[t, ID], W[t, OUT] = e * c, w * c[:n]
+        E[:, ONE] = e
+        r = float(torch.stack([E[t].pow(2).mean().rsqrt() for t in toks]).mean())   # layer 0 reads them normed: r times
+        for hh, dst, dist in ((0, PREV, 1), (1, PREV2, 2)):       # the code `dist` tokens back, carried to `dst`
+            previous_token_head(model, 0, hh, distance=dist)
+            att0.v_proj.weight[hh * hd:(hh + 1) * hd], att0.v_proj.bias[hh * hd:(hh + 1) * hd] = 0, 0
+            att0.o_proj.weight[:, hh * hd:(hh + 1) * hd] = 0
+            for j in range(m):                          # written back at an embedding's scale, as the codes are
+                att0.v_proj.weight[hh * hd + j, ID[j]], att0.o_proj.weight[dst[j], hh * hd + j] = 1, 1 / r
+        for p in (att.q_proj, att.k_proj, att.v_proj): p.weight[o:o + hd], p.bias[o:o + hd] = 0, 0
+        att.o_proj.weight[:, o:o + hd] = 0
+        s = sharp / (e * e)                             # a match of two codes scores `sharp` at an embedding's scale
+        for j in range(2 * n):     # this token ~ the one before there; the one before here ~ the one before that
+            q, k = (ID[j], PREV[j]) if j < n else (PREV[j - n], PREV2[j - n])
+            att.q_proj.weight[dim(j + 1), q], att.k_proj.weight[dim(j + 1), k] = s, 1
+        # less 3/4 of a match for each number token among the two key codes, 1 of them where this token is not one:
+        # the same two tokens score 1/2, one of them beside a word (the first digit after "$") 1/4, anything else <= 0
+        att.q_proj.weight[dim(0), ID[n]], att.q_proj.weight[dim(0), ONE] = -0.5 * s, 2 * s
+        att.k_proj.weight[dim(0), PREV[n]] = att.k_proj.weight[dim(0), PREV2[n]] = -0.5
+        for r_ in [r_ for r_ in range(half - n - 1) if 1e-3 <= base ** (-2 * r_ / hd) <= 1.5e-2]:
+            att.q_proj.bias[o + r_] = att.k_proj.bias[o + r_] = math.sqrt(recency)   # nearer positions a little higher
+        for j in range(n): att.v_proj.weight[o + j, ID[j]], att.o_proj.weight[OUT[j], o + j] = 1, loud
+    cfg.code_dims = dict(D, digits=dict(id=ID, prev=PREV, prev2=PREV2, out=OUT, one=[ONE],   # `hold` reads them
+                                        heads=[[0, 0], [0, 1], [-1, head % cfg.num_attention_heads]]))
+    return cfg.code_dims["digits"]

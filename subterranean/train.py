@@ -24,7 +24,7 @@ import networkx as nx
 from .distributed import world_size, local_rank, is_main_process, main_first, barrier, from_main
 from .distributed import sharding, quiet_others
 from .copying import (seed_slot_embeddings, copy_head, previous_token_head, seed_unit_embeddings, unit_tokens,
-                      whole_values, seed_codes, hold)
+                      whole_values, seed_codes, hold, digit_head)
 
 class CompileError(Exception):
     "A compile that cannot go on, with a one-line reason naming what is wrong and where."
@@ -87,6 +87,9 @@ class CompileConfig:
         "help": "tiny backend: the copy head's keys and value codes on hidden dims of their own of an untied model, "
                 "numbers with their units and listed values of several words as whole tokens, all held as built while "
                 "training (needs tiny_copy_head; on in TINY_DEFAULTS)"})
+    tiny_digit_head: bool = field(default=False, metadata={
+        "help": "tiny backend: an induction head that continues a number said before, digit by digit, fed by two "
+                "first-layer heads, on dims of its own and held while training (needs tiny_codes; on in TINY_DEFAULTS)"})
     tiny_rope_theta: float = field(default=10000.0, metadata={
         "help": "tiny backend: RoPE base; a larger one turns the slow position dims (which the copy head reads) slower"})
     slot_prior: float = field(default=0.0, metadata={
@@ -858,6 +861,9 @@ def start_model(cfg:CompileConfig, # the settings
         if cfg.tiny_codes and not (cfg.tiny_copy_head and cfg.slot_prior):
             raise CompileError("tiny_codes needs tiny_copy_head and slot_prior > 0: the codes are what the copy head "
                                "carries (turn them on, or the codes off: tiny_codes=False, --no-tiny-codes)")
+        if cfg.tiny_digit_head and not cfg.tiny_codes:
+            raise CompileError("tiny_digit_head needs tiny_codes: it keeps its dims beside the codes' (turn the codes "
+                               "on, or the digit head off: --no-tiny-digit-head)")
         if cfg.tiny_codes and cfg.tiny_prev_head:
             raise CompileError("tiny_codes and tiny_prev_head are not built together: the codes carry the numbers with "
                                "their units (turn one off: --no-tiny-codes or --no-tiny-prev-head)")
@@ -874,9 +880,10 @@ def start_model(cfg:CompileConfig, # the settings
         if cfg.tiny_copy_head and not cfg.slot_prior:
             raise CompileError("tiny_copy_head needs slot_prior > 0: the head reads the slot directions it seeds "
                                "(set slot_prior, or turn the head off: tiny_copy_head=False, --no-tiny-copy-head)")
+        bias = cfg.tiny_prev_head or bool(cfg.tiny_digit_head and codes)   # the heads looking back need biases
         model, tok = build_tiny_model(train_ds, None, cfg.tiny_layers, cfg.tiny_hidden, cfg.tiny_vocab,
-                                      max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init,
-                                      bias=cfg.tiny_prev_head, rope_theta=cfg.tiny_rope_theta, tokens=list(tokens),
+                                      max(cfg.max_seq_length, 512), cfg.seed, init=cfg.tiny_init, bias=bias,
+                                      rope_theta=cfg.tiny_rope_theta, tokens=list(tokens),
                                       tie=not codes)           # with codes, the output must not read the input's
         carry = previous_token_head(model, carry=0.1 * cfg.tiny_copy_head, seed=cfg.seed) if cfg.tiny_prev_head else None
         if cfg.slot_prior and G is not None:
@@ -885,6 +892,9 @@ def start_model(cfg:CompileConfig, # the settings
                 except ValueError as e: raise CompileError(f"tiny_codes: {e}") from None
                 copy_head(model, c["queries"], seed=cfg.seed, keys=c["keys"], value=c["value"], out=c["out"],
                           sharp=12.0)  # a key is small where the stream is large: sharp enough there too (03a)
+                if cfg.tiny_digit_head:                       # numbers said before, continued digit by digit (03a)
+                    try: digit_head(model, tok, G)
+                    except ValueError as e: warnings.warn(f"tiny_digit_head: {e}; built without it")   # nothing changed
                 hold(model)
                 return model, tok
             dirs = seed_slot_embeddings(model, tok, G, cfg.slot_prior, cfg.seed, tokens=tokens)
@@ -969,8 +979,8 @@ def _drilled_before(out, fp) -> dict:
     return {k: v for k, v in m.items() if k != "fingerprint"} if m.get("fingerprint") == fp + "-drills" else {}
 
 TINY_DEFAULTS = dict(epochs=6, learning_rate=5e-3, batch_size=4, eval_steps=100, max_seq_length=2048, tiny_hidden=128,
-                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, tiny_copy_head=True, tiny_codes=True, drill_epochs=2,
-                     drill_learning_rate=1e-3, opening_weight=3.0)
+                     tiny_layers=3, tiny_init=0.05, slot_prior=1.0, tiny_copy_head=True, tiny_codes=True,
+                     tiny_digit_head=True, drill_epochs=2, drill_learning_rate=1e-3, opening_weight=3.0)
 "Tuned settings for the tiny backend: 500 travel_booking conversations (450 trained on) compile in under 5 minutes on 2 CPU cores."
 
 def compile_model(train_ds, # conversations (a `messages` column), e.g. from `generate_conversations`

@@ -103,7 +103,7 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
                         seed:int=0, # seed of that projection
                         distance:int=1 # how many tokens back it looks (2: the token before the previous one)
                        ):
-    "Make one attention head attend to the token `distance` before each position (query and key: constant RoPE phasors one step apart); the projection it carries, if any."
+    "Make one attention head attend to the token `distance` before each position (query and key: constant RoPE phasors `distance` steps apart); the projection it carries, if any."
     import math, torch
     cfg, att = model.config, model.model.layers[layer].self_attn
     if att.q_proj.bias is None: raise ValueError("previous_token_head needs attention biases (attention_bias=True)")
@@ -292,13 +292,13 @@ def _digit_tokens(tok, G:nx.DiGraph) -> list:
     return out
 
 def digit_head(model, # an untied tiny model with attention biases, its codes seeded (`seed_codes`)
-                tok, # its tokenizer (numbers digit by digit: 03_train's `train_tokenizer(digits=True)`)
-                G:nx.DiGraph, # the workflow: its numeric slots' prefixes
-                sharp:float=25.0, # how sharply the head picks the position after the same two tokens
-                loud:float=3.0, # the size of what it writes where the output reads it
-                recency:float=4.0, # how much nearer matches are preferred
-                head:int=-2 # which head of the last layer (the copy head is the last)
-               ) -> dict:
+               tok, # its tokenizer (numbers digit by digit: 03_train's `train_tokenizer(digits=True)`)
+               G:nx.DiGraph, # the workflow: its numeric slots' prefixes
+               sharp:float=25.0, # how sharply the head picks the position after the same two tokens
+               loud:float=3.0, # the size of what it writes where the output reads it
+               recency:float=4.0, # how much nearer matches are preferred
+               head:int=-2 # which head of the last layer (the copy head is the last)
+              ) -> dict:
     "Build an induction head for numbers: first-layer heads 0 and 1 carry the codes one and two tokens back, a last-layer head continues a number said before; its dims and heads."
     import torch
     cfg = model.config
@@ -344,8 +344,8 @@ def digit_head(model, # an untied tiny model with attention biases, its codes se
         # the same two tokens score 1/2, one of them beside a word (the first digit after "$") 1/4, anything else <= 0
         att.q_proj.weight[dim(0), ID[n]], att.q_proj.weight[dim(0), ONE] = -0.5 * s, 2 * s
         att.k_proj.weight[dim(0), PREV[n]] = att.k_proj.weight[dim(0), PREV2[n]] = -0.5
-        for r_ in [r_ for r_ in range(half - n - 1) if 1e-3 <= base ** (-2 * r_ / hd) <= 1.5e-2]:
-            att.q_proj.bias[o + r_] = att.k_proj.bias[o + r_] = math.sqrt(recency)   # nearer positions a little higher
+        for f in [f for f in range(half - n - 1) if 1e-3 <= base ** (-2 * f / hd) <= 1.5e-2]:
+            att.q_proj.bias[o + f] = att.k_proj.bias[o + f] = math.sqrt(recency)   # nearer positions a little higher
         for j in range(n): att.v_proj.weight[o + j, ID[j]], att.o_proj.weight[OUT[j], o + j] = 1, loud
     cfg.code_dims = dict(D, digits=dict(id=ID, prev=PREV, prev2=PREV2, out=OUT, one=[ONE],   # `hold` reads them
                                         heads=[[0, 0], [0, 1], [-1, head % cfg.num_attention_heads]]))

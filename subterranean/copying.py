@@ -16,6 +16,10 @@ def _head_dim(cfg) -> int:
     "The width of one attention head of a model config."
     return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
+def _rope_base(cfg) -> float:
+    "The RoPE base of a model config (transformers 5 keeps it in `rope_parameters`)."
+    return (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+
 def _rows(n:int, k:int, seed:int):
     "`k` orthonormal rows of length `n` drawn with `seed`: a random projection."
     import torch
@@ -71,7 +75,7 @@ def copy_head(model, # a Llama-style model whose embeddings hold slot directions
     import math, torch
     cfg, att = model.config, model.model.layers[layer].self_attn
     hd = _head_dim(cfg)
-    base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    base = _rope_base(cfg)
     o, half, us = (head % cfg.num_attention_heads) * hd, hd // 2, list(dirs.values())[:hd]
     ks = [keys[k] for k in list(dirs)[:hd]] if keys else us
     if not us: return 0
@@ -108,7 +112,7 @@ def previous_token_head(model, # a Llama-style model with RoPE and attention bia
     cfg, att = model.config, model.model.layers[layer].self_attn
     if att.q_proj.bias is None: raise ValueError("previous_token_head needs attention biases (attention_bias=True)")
     hd = _head_dim(cfg)
-    base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    base = _rope_base(cfg)
     o, half, a = head * hd, hd // 2, math.sqrt(strength)       # the head's rows start at o
     with torch.no_grad():
         for p in (att.q_proj, att.k_proj): p.weight[o:o + hd] = 0; p.bias[o:o + hd] = 0
@@ -318,7 +322,7 @@ def digit_head(model, # an untied tiny model with attention biases, its codes se
     code = {t: torch.cat([(-1) ** j * torch.eye(n)[j // 2], torch.ones(1)]) for j, t in enumerate(toks)}
     E, W = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     main = [i for i in range(h) if i not in set(own) | codes]
-    base = (getattr(cfg, "rope_parameters", None) or {}).get("rope_theta") or getattr(cfg, "rope_theta", 10000.0)
+    base = _rope_base(cfg)
     o, half = (head % cfg.num_attention_heads) * hd, hd // 2
     dim = lambda j: o + half - 1 - j // 2 + (j % 2) * half      # the head's slowest RoPE pairs first, two dims a pair
     with torch.no_grad():
